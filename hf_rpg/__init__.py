@@ -1,0 +1,41 @@
+"""hf_rpg: Recurrent Parameter Generators for Hugging Face models.
+
+Every targeted weight of a model is generated from one small trainable vector, the ring,
+through a fixed pseudo-random permutation and sign flip (arXiv 2107.07110). The model
+keeps its size and architecture; only the ring is trained and stored.
+
+    >>> from hf_rpg import RPGConfig, apply_rpg, RPGModel
+    >>> model = apply_rpg(base_model, RPGConfig(dof=0.1, seed=0))
+"""
+
+__version__ = "0.1.0"
+
+from .config import RPGConfig
+from .errors import (
+    RPGCheckpointError,
+    RPGConfigError,
+    RPGError,
+    RPGGeneratorVersionError,
+    RPGManifestMismatchError,
+    RPGStateError,
+    RPGTargetError,
+)
+from .generator import GENERATOR_VERSION
+from .model import RPGModel, apply_rpg
+from .report import DoFReport
+
+__all__ = [
+    "GENERATOR_VERSION",
+    "DoFReport",
+    "RPGCheckpointError",
+    "RPGConfig",
+    "RPGConfigError",
+    "RPGError",
+    "RPGGeneratorVersionError",
+    "RPGManifestMismatchError",
+    "RPGModel",
+    "RPGStateError",
+    "RPGTargetError",
+    "__version__",
+    "apply_rpg",
+]

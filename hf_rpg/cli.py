@@ -1,0 +1,140 @@
+"""The ``hf-rpg`` command: demo, info, merge, push."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import RPGError
+
+
+def _dof(text: str) -> float | int:
+    """``--dof``: an int is a ring size, a number with a point a fraction."""
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--dof must be an int or a float in (0, 1], got {text!r}") from None
+
+
+def _quiet_progress_bars() -> None:
+    """transformers and huggingface_hub draw a bar per saved or loaded shard."""
+    import huggingface_hub.utils
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_digits_demo
+
+    _quiet_progress_bars()
+    result = run_digits_demo(
+        model=args.model, dof=args.dof, epochs=args.epochs, lr=args.lr, seed=args.seed, output_dir=args.output_dir
+    )
+    print(result.table())
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_metadata
+    from .hub import resolve_checkpoint_files
+
+    files = resolve_checkpoint_files(args.checkpoint, revision=args.revision)
+    meta = read_metadata(files[CONFIG_NAME])
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    dof, base, manifest = meta["dof"], meta["base_model"], meta["manifest"]
+    lines = [
+        f"checkpoint: {args.checkpoint}",
+        f"mode: {meta['config']['mode']}    generator: {meta['generator']}    hf_rpg: {meta.get('hf_rpg_version')}",
+        f"architecture: {base['class']}"
+        + (f"    base model: {base['name_or_path']}" if base.get("name_or_path") else ""),
+        f"ring DoF: {dof['ring_dof']:,} ({dof['ring_fraction']:.2%})    rings: "
+        + ", ".join(f"{r['name']}={r['size']:,}" for r in manifest["rings"]),
+        f"trainable: {dof['trainable']:,}    dense model: {dof['model_parameters']:,} parameters    "
+        f"compression: {dof['compression_ratio']:.1f}x",
+        f"weights file: {files[WEIGHTS_NAME].stat().st_size:,} bytes    "
+        f"dense fp32: {4 * dof['model_parameters']:,} bytes",
+        f"targets: {len(manifest['targets'])} tensors, {dof['generated_elements']:,} generated elements",
+    ]
+    if args.targets:
+        lines += [f"  {t['name']} {t['shape']} ring={t['ring']} gain={t['gain']:.4g}" for t in manifest["targets"]]
+    print("\n".join(lines))
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .model import RPGModel
+
+    _quiet_progress_bars()
+    model = RPGModel.from_pretrained(args.checkpoint, revision=args.revision)
+    dense = model.merge_and_unload()
+    if not hasattr(dense, "save_pretrained"):
+        raise RPGError(f"the merged model ({type(dense).__name__}) has no save_pretrained")
+    dense.save_pretrained(args.output)
+    print(f"wrote a dense {type(dense).__name__} to {args.output}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .hub import upload_checkpoint
+
+    info = upload_checkpoint(args.checkpoint, args.repo_id, private=args.private or None, commit_message=args.message)
+    print(f"pushed {args.checkpoint} to {getattr(info, 'commit_url', args.repo_id)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-rpg", description="Recurrent Parameter Generators for HF models.")
+    parser.add_argument("--version", action="version", version=f"hf_rpg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train a tiny model on digits, dense vs RPG (offline, < 2 min)")
+    demo.add_argument("--model", choices=("resnet", "vit"), default="resnet")
+    demo.add_argument("--dof", type=_dof, default=0.25, help="ring size (int) or fraction (float), default 0.25")
+    demo.add_argument("--epochs", type=int, default=15)
+    demo.add_argument("--lr", type=float, default=1e-2)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--output-dir", type=Path, default=None, help="keep both checkpoints here")
+    demo.set_defaults(func=_cmd_demo)
+
+    info = sub.add_parser("info", help="DoF, sizes, generator version, targets and mode of a checkpoint")
+    info.add_argument("checkpoint", help="checkpoint directory or Hub repo id")
+    info.add_argument("--revision", default=None)
+    info.add_argument("--targets", action="store_true", help="list every generated tensor")
+    info.add_argument("--json", action="store_true", help="print rpg_config.json")
+    info.set_defaults(func=_cmd_info)
+
+    merge = sub.add_parser("merge", help="write a dense transformers checkpoint")
+    merge.add_argument("checkpoint", help="checkpoint directory or Hub repo id")
+    merge.add_argument("output", type=Path, help="directory for the dense model")
+    merge.add_argument("--revision", default=None)
+    merge.set_defaults(func=_cmd_merge)
+
+    push = sub.add_parser("push", help="upload a checkpoint directory to the Hub")
+    push.add_argument("checkpoint", type=Path)
+    push.add_argument("repo_id")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--message", default=None, help="commit message")
+    push.set_defaults(func=_cmd_push)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``hf-rpg``: errors are one line on stderr and exit status 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RPGError, OSError, ValueError) as err:
+        print(f"hf-rpg {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""``RPGConfig``: what to generate, from how many degrees of freedom, and how to start."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import RPGConfigError
+
+Mode = Literal["replace", "delta"]
+Init = Literal["random", "project"]
+Gain = Literal["auto", "kaiming_fan_in", "kaiming_fan_out"]
+OtherParameters = Literal["train", "head", "freeze"]
+IndexCache = Literal["int32", "none"]
+
+MODES = ("replace", "delta")
+INITS = ("random", "project")
+GAINS = ("auto", "kaiming_fan_in", "kaiming_fan_out")
+OTHER_PARAMETERS = ("train", "head", "freeze")
+INDEX_CACHES = ("int32", "none")
+DEFAULT_RING = "default"
+# Ring names become safetensors keys and ParameterDict keys: keep them plain.
+RING_NAME_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+MAX_SEED = 2**64 - 1
+
+Pattern = str | list[str] | None
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _check_pattern(name: str, value: Any, *, allow_none: bool = True) -> Pattern:
+    """Validate a PEFT-style module pattern: a regex string or a list of names/suffixes."""
+    if value is None:
+        if allow_none:
+            return None
+        raise RPGConfigError(f"{name} must be a regex string or a list of names, got None")
+    if isinstance(value, str):
+        if not value:
+            raise RPGConfigError(f"{name} must not be an empty string")
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise RPGConfigError(f"{name}={value!r} is not a valid regular expression: {err}") from None
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+        if not items:
+            raise RPGConfigError(
+                f"{name} must not be an empty list; use None for the default or name at least one module"
+            )
+        for item in items:
+            if not isinstance(item, str) or not item:
+                raise RPGConfigError(f"{name} entries must be non-empty strings, got {_describe(item)}")
+        return items
+    raise RPGConfigError(f"{name} must be a regex string, a list of strings or None, got {_describe(value)}")
+
+
+@dataclass
+class RPGConfig:
+    """Configuration of a Recurrent Parameter Generator applied to a model.
+
+    Args:
+        dof: Degrees of freedom, i.e. the total ring size. An ``int`` is the number of ring
+            entries; a ``float`` in ``(0, 1]`` is a fraction of the targeted elements. With
+            several rings it is split among them in proportion to their targeted elements.
+        seed: Key of the ``rpg-v1`` generator (permutation, signs) and of the ring's initial
+            values; an int in ``[0, 2**64)``. The global RNG is never used.
+        mode: ``"replace"`` generates the targeted weights entirely (the paper);
+            ``"delta"`` keeps the pretrained weights frozen and generates an update,
+            ``W = W0 + gain * G(ring)``, with the ring starting at zero.
+        init: Replace mode only. ``"random"`` starts the ring at standard normal values;
+            ``"project"`` starts it at the least-squares fit of the model's current
+            weights (compress a pretrained model onto the ring, then train).
+        target_modules: Modules whose ``weight`` is generated. ``None`` targets every
+            ``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose*``, ``nn.Embedding`` and
+            transformers ``Conv1D`` outside the task head(s). As in PEFT, a string is a
+            regex that must match the full module name; a list matches exact names or
+            name suffixes (``"query"`` matches ``"encoder.layer.0.attention.self.query"``).
+        exclude_modules: Modules never targeted (same matching rules). A tied weight is
+            left alone if any of its owners is excluded.
+        target_parameters: Raw ``nn.Parameter`` s to generate as well, matched by their
+            full parameter name with the same rules (e.g. ViT's ``"cls_token"``).
+        rings: Local RPG (the paper's per-stage rings): a map from ring name to a pattern
+            over module (or parameter) names. Targets matching no pattern use the ring
+            ``"default"``. ``None`` gives one global ring.
+        gain: Per-tensor scale of the generated values. ``"auto"`` uses the standard
+            deviation of the tensor's current values (its layer's own initialisation, or
+            the pretrained weights), falling back to the model's ``initializer_range`` or
+            ``1/sqrt(fan_in)`` for a tensor that is all zeros. ``"kaiming_fan_in"`` and
+            ``"kaiming_fan_out"`` use ``sqrt(2 / fan)`` (the reference code uses
+            fan-out). A positive float uses that value for every tensor.
+        other_parameters: What happens to parameters that are not generated (biases,
+            norms, heads): ``"train"`` keeps them trainable, ``"head"`` trains only the
+            task head(s) and freezes the rest, ``"freeze"`` freezes them all. ``None``
+            means ``"train"`` in replace mode and ``"head"`` in delta mode.
+        index_cache: ``"int32"`` keeps a compact index cache (4 bytes per generated
+            element, never saved); ``"none"`` recomputes indices on the fly (0 bytes).
+        embedding_rows: Generate only the looked-up rows of untied embeddings during
+            training instead of the whole table.
+        inference_cache: Without grad, generate the weights once and reuse them until
+            the ring changes (costs one dense copy of the generated weights).
+        base_model_name_or_path: Delta mode: the Hub name or path of the frozen base
+            model, recorded in checkpoints. Taken from the model's config when ``None``.
+        revision: Delta mode: the revision of the base model on the Hub.
+    """
+
+    dof: int | float = 0.1
+    seed: int = 0
+    mode: Mode = "replace"
+    init: Init = "random"
+    target_modules: Pattern = None
+    exclude_modules: Pattern = None
+    target_parameters: Pattern = None
+    rings: dict[str, str | list[str]] | None = None
+    gain: Gain | float = "auto"
+    other_parameters: OtherParameters | None = None
+    index_cache: IndexCache = "int32"
+    embedding_rows: bool = True
+    inference_cache: bool = True
+    base_model_name_or_path: str | None = None
+    revision: str | None = None
+    _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; raise ``RPGConfigError`` naming the first bad one."""
+        self._validate_dof()
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise RPGConfigError(f"seed must be an int in [0, 2**64), got {_describe(self.seed)}")
+        self._check_choice("mode", self.mode, MODES)
+        self._check_choice("init", self.init, INITS)
+        if self.mode == "delta" and self.init != "random":
+            raise RPGConfigError(
+                f"init={self.init!r} applies to mode='replace' only; in mode='delta' the ring starts at zero"
+            )
+        self.target_modules = _check_pattern("target_modules", self.target_modules)
+        self.exclude_modules = _check_pattern("exclude_modules", self.exclude_modules)
+        self.target_parameters = _check_pattern("target_parameters", self.target_parameters)
+        self._validate_rings()
+        self._validate_gain()
+        if self.other_parameters is not None:
+            self._check_choice("other_parameters", self.other_parameters, OTHER_PARAMETERS)
+        self._check_choice("index_cache", self.index_cache, INDEX_CACHES)
+        for name in ("embedding_rows", "inference_cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise RPGConfigError(f"{name} must be True or False, got {_describe(getattr(self, name))}")
+        for name in ("base_model_name_or_path", "revision"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise RPGConfigError(f"{name} must be a non-empty string or None, got {_describe(value)}")
+
+    @staticmethod
+    def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+        if value not in choices:
+            raise RPGConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {_describe(value)}")
+
+    def _validate_dof(self) -> None:
+        dof = self.dof
+        if isinstance(dof, bool) or not isinstance(dof, (int, float)):
+            raise RPGConfigError(
+                f"dof must be an int (ring size) or a float in (0, 1] (fraction of targeted elements), "
+                f"got {_describe(dof)}"
+            )
+        if isinstance(dof, int) and dof <= 0:
+            raise RPGConfigError(f"dof must be a positive int (ring size), got {dof}")
+        if isinstance(dof, float) and not (math.isfinite(dof) and 0.0 < dof <= 1.0):
+            raise RPGConfigError(
+                f"dof as a float is a fraction of the targeted elements and must be in (0, 1], got {dof}"
+            )
+
+    def _validate_rings(self) -> None:
+        if self.rings is None:
+            return
+        if not isinstance(self.rings, dict) or not self.rings:
+            raise RPGConfigError(
+                f"rings must be None or a non-empty dict of ring name -> module pattern, got {_describe(self.rings)}"
+            )
+        checked = {}
+        for name, pattern in self.rings.items():
+            if not isinstance(name, str) or not RING_NAME_PATTERN.fullmatch(name):
+                raise RPGConfigError(
+                    f"rings: ring name {name!r} must be 1-64 characters of letters, digits, '_' or '-'"
+                )
+            checked[name] = _check_pattern(f"rings[{name!r}]", pattern, allow_none=False)
+        self.rings = checked
+
+    def _validate_gain(self) -> None:
+        gain = self.gain
+        if isinstance(gain, str):
+            self._check_choice("gain", gain, GAINS)
+        elif isinstance(gain, bool) or not isinstance(gain, (int, float)) or not (math.isfinite(gain) and gain > 0):
+            raise RPGConfigError(f"gain must be one of {GAINS} or a positive finite float, got {_describe(gain)}")
+        elif isinstance(gain, int):
+            self.gain = float(gain)
+
+    @property
+    def resolved_other_parameters(self) -> str:
+        """``other_parameters`` with its mode-dependent default filled in."""
+        if self.other_parameters is not None:
+            return self.other_parameters
+        return "head" if self.mode == "delta" else "train"
+
+    # ---------------------------------------------------------------- JSON round trip
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serialisable dict (keys in declaration order)."""
+        data = asdict(self)
+        data.pop("_extra")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RPGConfig:
+        """Build a config from ``to_dict`` output; unknown keys warn and are kept aside."""
+        if not isinstance(data, dict):
+            raise RPGConfigError(f"an RPGConfig must be read from a JSON object, got {_describe(data)}")
+        known = {f.name for f in fields(cls) if not f.name.startswith("_")}
+        unknown = {k: v for k, v in data.items() if k not in known}
+        if unknown:
+            warnings.warn(
+                f"RPGConfig: ignoring unknown keys {sorted(unknown)} (written by a newer hf_rpg?)",
+                stacklevel=2,
+            )
+        config = cls(**{k: v for k, v in data.items() if k in known})
+        config._extra = unknown
+        return config
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def to_json_file(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json_string(), encoding="utf-8")
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> RPGConfig:
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RPGConfigError(f"{path} is not valid JSON: {err}") from None
+        return cls.from_dict(data)

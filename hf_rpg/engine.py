@@ -1,0 +1,270 @@
+"""Generating weights from the ring(s): index caches, autograd, and when to (re)generate.
+
+When generation happens:
+
+- **Training** (grad enabled): each ``RPGModel.forward`` generates every targeted weight
+  once, up front, and all owners use those tensors for the rest of the pass. Generating
+  before the base model runs keeps generation outside gradient-checkpointed regions, so
+  recomputation sees the same weight tensors. Untied embeddings generate only the rows
+  that are looked up.
+- **Inference** (no grad, ``inference_cache=True``): the weights are generated once and
+  reused until a ring changes (its version counter moves, as every optimizer step and
+  ``load_state_dict`` does). ``RPGModel.clear_cache()`` drops them.
+- **Elsewhere** (a weight read outside a forward, with grad): generated on each access.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from .generator import GeneratorKey, build_signed_index, derive_key, signed_indices
+from .layout import Layout, TargetLayout
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One tensor to generate: its layout and, in delta mode, the frozen base it adds to."""
+
+    target: TargetLayout
+    base: torch.Tensor | None
+
+
+class _GenerateFromRing(torch.autograd.Function):
+    """``W_t = gain_t * [ring, -ring][index_t]`` (+ ``base_t``) for several targets of one ring.
+
+    Backward scatter-adds ``gain_t * dL/dW_t`` into the signed ring and folds it:
+    ``grad_ring = grad_signed[:N] - grad_signed[N:]``. Indices come from the engine (the
+    int32 cache, or recomputed from the seed), so nothing per-element is saved for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, ring: torch.Tensor, engine: WeightEngine, ring_name: str, requests: list[_Request]):
+        signed = torch.cat((ring, ring.neg()))
+        outputs = []
+        for request in requests:
+            target = request.target
+            values = torch.index_select(signed, 0, engine.indices(ring_name, target, ring.device))
+            values.mul_(target.gain)
+            weight = values.view(target.shape)
+            if request.base is not None:
+                weight = request.base + weight.to(request.base.dtype)
+            outputs.append(weight)
+        ctx.engine, ctx.ring_name, ctx.requests = engine, ring_name, requests
+        ctx.ring_size = ring.shape[0]
+        ctx.set_materialize_grads(False)
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None):
+        n = ctx.ring_size
+        grad_signed = None
+        for request, grad in zip(ctx.requests, grads, strict=True):
+            if grad is None:
+                continue
+            if grad_signed is None:
+                grad_signed = grad.new_zeros(2 * n)
+            index = ctx.engine.indices(ctx.ring_name, request.target, grad.device)
+            grad_signed.index_add_(0, index, grad.reshape(-1).to(grad_signed.dtype), alpha=request.target.gain)
+        if grad_signed is None:
+            return None, None, None, None
+        return grad_signed[:n] - grad_signed[n:], None, None, None
+
+
+class WeightEngine:
+    """Generates the targeted tensors of one RPG model from its rings.
+
+    It holds the layout, the generator keys, the int32 index caches (never saved) and the
+    per-pass and inference weight caches. Rings are looked up on ``root.rpg_rings`` at each
+    use, so device moves, dtype casts and wrappers that swap Parameters are followed.
+    """
+
+    def __init__(
+        self,
+        root: nn.Module,
+        layout: Layout,
+        seed: int,
+        *,
+        delta_bases: dict[int, tuple[nn.Module, str]] | None = None,
+        rowwise: set[int] | None = None,
+        cache_indices: bool = True,
+        inference_cache: bool = True,
+    ) -> None:
+        self.root = root
+        self.layout = layout
+        self.seed = seed
+        self.keys: dict[str, GeneratorKey] = {name: derive_key(seed, name) for name in layout.rings}
+        self.delta_bases = delta_bases or {}
+        self.rowwise = rowwise or set()
+        self.cache_indices = cache_indices
+        self.inference_cache = inference_cache
+        self._index: dict[str, torch.Tensor] = {}
+        self._pass_weights: dict[int, torch.Tensor] | None = None
+        self._pass_depth = 0
+        self._materialized: dict[int, torch.Tensor] | None = None
+        self._materialized_key: tuple | None = None
+        self._ring_targets = {name: layout.ring_targets(name) for name in layout.rings}
+        self.enabled = True
+
+    # ------------------------------------------------------------------ indices
+
+    def build_index_caches(self, device: torch.device | str | None = None) -> None:
+        """Build the int32 index caches now (``apply_rpg`` does this once)."""
+        if self.cache_indices:
+            for name in self.layout.rings:
+                self._ring_index(name, torch.device(device or "cpu"))
+
+    def _ring_index(self, ring_name: str, device: torch.device) -> torch.Tensor:
+        index = self._index.get(ring_name)
+        if index is None:
+            ring = self.layout.rings[ring_name]
+            index = build_signed_index(ring.elements, ring.size, self.keys[ring_name], device=device)
+        elif index.device != device:
+            index = index.to(device)
+        self._index[ring_name] = index
+        return index
+
+    def indices(self, ring_name: str, target: TargetLayout, device: torch.device) -> torch.Tensor:
+        """Signed-ring indices of every element of ``target`` (1-D)."""
+        if self.cache_indices:
+            return self._ring_index(ring_name, device).narrow(0, target.offset, target.numel)
+        ring = self.layout.rings[ring_name]
+        return build_signed_index(
+            ring.elements,
+            ring.size,
+            self.keys[ring_name],
+            start=target.offset,
+            stop=target.offset + target.numel,
+            device=device,
+        )
+
+    def _indices_at(self, ring_name: str, positions: torch.Tensor) -> torch.Tensor:
+        """Signed-ring indices of arbitrary positions of a ring (any shape)."""
+        if self.cache_indices:
+            return self._ring_index(ring_name, positions.device)[positions]
+        ring = self.layout.rings[ring_name]
+        return signed_indices(positions, ring.elements, ring.size, self.keys[ring_name])
+
+    def index_cache_bytes(self) -> int:
+        """Bytes held by the index caches right now."""
+        return sum(t.numel() * t.element_size() for t in self._index.values())
+
+    # ------------------------------------------------------------------ generation
+
+    def ring(self, name: str) -> torch.Tensor:
+        return self.root.rpg_rings[name]
+
+    def _base(self, target_id: int) -> torch.Tensor | None:
+        slot = self.delta_bases.get(target_id)
+        return None if slot is None else slot[0]._parameters[slot[1]]
+
+    def generate(self, target_ids: list[int]) -> dict[int, torch.Tensor]:
+        """Generate the given targets (with autograd to the rings when grad is enabled)."""
+        by_ring: dict[str, list[int]] = {}
+        for tid in target_ids:
+            by_ring.setdefault(self.layout.targets[tid].ring, []).append(tid)
+        weights: dict[int, torch.Tensor] = {}
+        for ring_name, ids in by_ring.items():
+            requests = [_Request(self.layout.targets[i], self._base(i)) for i in ids]
+            outputs = _GenerateFromRing.apply(self.ring(ring_name), self, ring_name, requests)
+            weights.update(zip(ids, outputs, strict=True))
+        return weights
+
+    def _cache_key(self) -> tuple:
+        return tuple(
+            (name, ring._version, ring.data_ptr(), ring.device, ring.dtype)
+            for name, ring in ((n, self.ring(n)) for n in self.layout.rings)
+        )
+
+    def materialized(self) -> dict[int, torch.Tensor]:
+        """All weights generated without grad, reused until a ring changes."""
+        key = self._cache_key()
+        if self._materialized is None or self._materialized_key != key:
+            self._materialized = None  # free the stale copy before making a new one
+            with torch.no_grad():
+                self._materialized = self.generate(list(range(len(self.layout.targets))))
+            self._materialized_key = key
+        return self._materialized
+
+    def clear_cache(self) -> None:
+        """Drop the inference weights (the index caches stay)."""
+        self._materialized = None
+        self._materialized_key = None
+
+    @contextmanager
+    def forward_pass(self) -> Iterator[None]:
+        """Scope of one model forward: weights generated once, shared by every owner."""
+        if self._pass_depth > 0:
+            self._pass_depth += 1
+            try:
+                yield
+            finally:
+                self._pass_depth -= 1
+            return
+        if torch.is_grad_enabled():
+            self.clear_cache()
+            eager = [i for i in range(len(self.layout.targets)) if i not in self.rowwise]
+            weights = self.generate(eager)
+        elif self.inference_cache:
+            weights = dict(self.materialized())
+        else:
+            weights = self.generate(list(range(len(self.layout.targets))))
+        self._pass_weights = weights
+        self._pass_depth = 1
+        try:
+            yield
+        finally:
+            self._pass_depth = 0
+            self._pass_weights = None
+
+    def tensor(self, target_id: int) -> torch.Tensor:
+        """The current value of a generated tensor (what ``module.weight`` returns)."""
+        if not self.enabled:
+            raise RuntimeError("this RPG model was unloaded; use the model merge_and_unload() returned")
+        if self._pass_weights is not None:
+            weight = self._pass_weights.get(target_id)
+            if weight is None:
+                weight = self._pass_weights[target_id] = self.generate([target_id])[target_id]
+            return weight
+        if not torch.is_grad_enabled() and self.inference_cache:
+            return self.materialized()[target_id]
+        return self.generate([target_id])[target_id]
+
+    def _full_weight_if_ready(self, target_id: int) -> torch.Tensor | None:
+        if self._pass_weights is not None and target_id in self._pass_weights:
+            return self._pass_weights[target_id]
+        if not torch.is_grad_enabled() and self.inference_cache:
+            return self.materialized()[target_id]
+        return None
+
+    def embedding(self, module: nn.Embedding, target_id: int, ids: torch.Tensor) -> torch.Tensor:
+        """``module(ids)`` for an untied embedding, generating only the looked-up rows."""
+        weight = self._full_weight_if_ready(target_id)
+        if weight is not None:
+            return F.embedding(ids, weight, module.padding_idx, module.max_norm, module.norm_type,
+                               module.scale_grad_by_freq, module.sparse)  # fmt: skip
+        target = self.layout.targets[target_id]
+        ring = self.ring(target.ring)
+        dim = target.shape[1]
+        columns = torch.arange(dim, device=ids.device, dtype=torch.int64)
+        positions = (ids.to(torch.int64).unsqueeze(-1) * dim + columns).add_(target.offset)
+        index = self._indices_at(target.ring, positions.flatten())
+        signed = torch.cat((ring, ring.neg()))
+        rows = (torch.index_select(signed, 0, index) * target.gain).view(*ids.shape, dim)
+        base = self._base(target_id)
+        if base is not None:
+            rows = F.embedding(ids, base) + rows.to(base.dtype)
+        if module.padding_idx is not None and rows.requires_grad:
+            # as F.embedding does: the padding row receives no gradient
+            padding = (ids == module.padding_idx).unsqueeze(-1)
+            rows = torch.where(padding, rows.detach(), rows)
+        return rows

@@ -1,0 +1,258 @@
+"""The layout manifest: where every generated tensor lives on which ring, and DoF accounting.
+
+The manifest is saved with each checkpoint and loading follows it, not the order in which
+a model happens to register its modules.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import DEFAULT_RING, RING_NAME_PATTERN, RPGConfig
+from .errors import RPGConfigError, RPGManifestMismatchError
+from .generator import MAX_POSITIONS
+from .targets import FoundTarget, matches
+
+
+@dataclass(frozen=True)
+class TargetLayout:
+    """One generated tensor: elements ``[offset, offset + numel)`` of its ring's positions."""
+
+    name: str
+    shape: tuple[int, ...]
+    ring: str
+    offset: int
+    gain: float
+    kind: str = "parameter"
+    tied: tuple[str, ...] = ()
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "shape": list(self.shape),
+            "ring": self.ring,
+            "offset": self.offset,
+            "gain": self.gain,
+            "kind": self.kind,
+        }
+        if self.tied:
+            data["tied"] = list(self.tied)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TargetLayout:
+        try:
+            shape = tuple(int(s) for s in data["shape"])
+            target = cls(
+                name=str(data["name"]),
+                shape=shape,
+                ring=str(data["ring"]),
+                offset=int(data["offset"]),
+                gain=float(data["gain"]),
+                kind=str(data.get("kind", "parameter")),
+                tied=tuple(str(t) for t in data.get("tied", ())),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise RPGManifestMismatchError(f"manifest target entry {data!r} is malformed: {err!r}") from None
+        if any(s < 0 for s in shape) or target.offset < 0 or not math.isfinite(target.gain):
+            raise RPGManifestMismatchError(f"manifest target entry {data!r} has a negative size or offset")
+        return target
+
+
+@dataclass(frozen=True)
+class RingLayout:
+    """One ring: ``size`` trainable entries generating ``elements`` weights.
+
+    ``scale`` is the element-weighted RMS of its targets' absolute gains. Ring values live
+    on that scale (random init draws ``scale * N(0, 1)``) and each target's manifest gain
+    is relative to it, so the ring sits on the same scale as the weights it generates and
+    optimizer settings (learning rate, weight decay) carry over from dense training.
+    """
+
+    name: str
+    size: int
+    elements: int
+    scale: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "elements": self.elements, "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RingLayout:
+        try:
+            ring = cls(
+                name=str(data["name"]),
+                size=int(data["size"]),
+                elements=int(data["elements"]),
+                scale=float(data.get("scale", 1.0)),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise RPGManifestMismatchError(f"manifest ring entry {data!r} is malformed: {err!r}") from None
+        if not RING_NAME_PATTERN.fullmatch(ring.name) or not 1 <= ring.size <= ring.elements <= MAX_POSITIONS:
+            raise RPGManifestMismatchError(
+                f"manifest ring entry {data!r} is invalid: need a plain name and 1 <= size <= elements <= 2**62"
+            )
+        return ring
+
+
+@dataclass
+class Layout:
+    """Every ring and target of an RPG model, in generation order."""
+
+    rings: dict[str, RingLayout]
+    targets: list[TargetLayout]
+    _by_name: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._by_name = {t.name: i for i, t in enumerate(self.targets)}
+        self._check_consistency()
+
+    def _check_consistency(self) -> None:
+        if len(self._by_name) != len(self.targets):
+            raise RPGManifestMismatchError("manifest lists a target name twice")
+        for ring in self.rings.values():
+            spans = sorted((t.offset, t.numel, t.name) for t in self.targets if t.ring == ring.name)
+            position = 0
+            for offset, numel, name in spans:
+                if offset != position:
+                    raise RPGManifestMismatchError(
+                        f"manifest target {name!r} starts at offset {offset} of ring {ring.name!r}, expected "
+                        f"{position}: the targets of a ring must tile its positions without gaps or overlaps"
+                    )
+                position += numel
+            if position != ring.elements:
+                raise RPGManifestMismatchError(
+                    f"manifest ring {ring.name!r} claims {ring.elements} elements but its targets cover {position}"
+                )
+        for target in self.targets:
+            if target.ring not in self.rings:
+                raise RPGManifestMismatchError(f"manifest target {target.name!r} uses unknown ring {target.ring!r}")
+
+    def index_of(self, name: str) -> int:
+        return self._by_name[name]
+
+    def ring_targets(self, ring: str) -> list[int]:
+        """Indices of the targets on ``ring``, by offset."""
+        ids = [i for i, t in enumerate(self.targets) if t.ring == ring]
+        return sorted(ids, key=lambda i: self.targets[i].offset)
+
+    @property
+    def ring_dof(self) -> int:
+        return sum(r.size for r in self.rings.values())
+
+    @property
+    def generated_elements(self) -> int:
+        return sum(r.elements for r in self.rings.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rings": [r.to_dict() for r in self.rings.values()],
+            "targets": [t.to_dict() for t in self.targets],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Layout:
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("rings"), list)
+            or not isinstance(data.get("targets"), list)
+        ):
+            raise RPGManifestMismatchError("manifest must be an object with lists 'rings' and 'targets'")
+        for entry in data["rings"] + data["targets"]:
+            if not isinstance(entry, dict):
+                raise RPGManifestMismatchError(f"manifest entry {entry!r} is not an object")
+        rings = [RingLayout.from_dict(r) for r in data["rings"]]
+        if len({r.name for r in rings}) != len(rings):
+            raise RPGManifestMismatchError("manifest lists a ring name twice")
+        return cls(rings={r.name: r for r in rings}, targets=[TargetLayout.from_dict(t) for t in data["targets"]])
+
+
+def assign_rings(targets: list[FoundTarget], config: RPGConfig) -> list[str]:
+    """The ring of each target: the first ``config.rings`` pattern it matches, else default."""
+    if config.rings is None:
+        return [DEFAULT_RING] * len(targets)
+    assigned = []
+    for target in targets:
+        ring = next(
+            (name for name, pattern in config.rings.items() if any(matches(n, pattern) for n in target.match_names)),
+            DEFAULT_RING,
+        )
+        assigned.append(ring)
+    for name in config.rings:
+        if name not in assigned:
+            raise RPGConfigError(f"rings[{name!r}]={config.rings[name]!r} matches no targeted module or parameter")
+    return assigned
+
+
+def allocate_dof(dof: int | float, elements: dict[str, int]) -> dict[str, int]:
+    """Ring sizes for a DoF budget: a float is a fraction of each ring's elements; an int
+    is split in proportion to the elements (largest remainder, at least one entry each)."""
+    total = sum(elements.values())
+    if isinstance(dof, float):
+        return {name: max(1, min(p, round(dof * p))) for name, p in elements.items()}
+    if dof > total:
+        raise RPGConfigError(
+            f"dof={dof} is larger than the {total} targeted elements; use at most {total} or a float fraction in (0, 1]"
+        )
+    if dof < len(elements):
+        raise RPGConfigError(f"dof={dof} is smaller than the number of rings ({len(elements)}); each needs one entry")
+    # Each ring gets one entry first, the rest is shared by largest remainder, capped at p.
+    sizes = dict.fromkeys(elements, 1)
+    rest = dof - len(elements)
+    shares = {n: rest * (p - 1) / max(1, total - len(elements)) for n, p in elements.items()}
+    for name, share in shares.items():
+        sizes[name] += int(share)
+    leftover = dof - sum(sizes.values())
+    for name in sorted(shares, key=lambda n: (-(shares[n] - int(shares[n])), n)):
+        if leftover == 0:
+            break
+        if sizes[name] < elements[name]:
+            sizes[name] += 1
+            leftover -= 1
+    return sizes
+
+
+def ring_scales(targets: list[FoundTarget], rings: list[str], gains: list[float]) -> dict[str, float]:
+    """Element-weighted RMS of the absolute gains of each ring's targets."""
+    sums: dict[str, list[float]] = {}
+    for target, ring, gain in zip(targets, rings, gains, strict=True):
+        acc = sums.setdefault(ring, [0.0, 0.0])
+        acc[0] += target.param.numel() * gain * gain
+        acc[1] += target.param.numel()
+    return {ring: _round32(math.sqrt(acc[0] / acc[1])) for ring, acc in sums.items()}
+
+
+def _round32(value: float) -> float:
+    """Round through float32, so that the JSON value and the tensor value agree exactly."""
+    return float(struct.unpack("f", struct.pack("f", value))[0])
+
+
+def build_layout(targets: list[FoundTarget], rings: list[str], gains: list[float], config: RPGConfig) -> Layout:
+    """Lay the targets out on their rings in discovery order and size the rings.
+
+    ``gains`` are absolute (the scale each tensor expects); the manifest stores them
+    relative to their ring's scale.
+    """
+    scales = ring_scales(targets, rings, gains)
+    offsets: dict[str, int] = {}
+    entries = []
+    for target, ring, gain in zip(targets, rings, gains, strict=True):
+        offset = offsets.get(ring, 0)
+        numel = target.param.numel()
+        offsets[ring] = offset + numel
+        tied = tuple(o.path for o in target.owners if o.path != target.name)
+        relative = _round32(gain / scales[ring])
+        entries.append(TargetLayout(target.name, target.shape, ring, offset, relative, target.kind, tied))
+    for ring, elements in offsets.items():
+        if elements > MAX_POSITIONS:
+            raise RPGConfigError(f"ring {ring!r} would generate {elements} elements; at most 2**62 are supported")
+    sizes = allocate_dof(config.dof, offsets)
+    ring_layouts = {name: RingLayout(name, sizes[name], offsets[name], scales[name]) for name in offsets}
+    return Layout(rings=ring_layouts, targets=entries)

@@ -1,0 +1,62 @@
+"""DoF accounting: what is trained, what is stored, and how much smaller than dense it is."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class DoFReport:
+    """Sizes of an RPG model, in numbers of parameters (elements).
+
+    Attributes:
+        ring_dof: Total size of the ring(s): the DoF of the generated weights.
+        rings: Size of each ring.
+        generated_elements: Elements of the generated weights (the dense size they stand for).
+        other_trainable: Trainable parameters that are not generated (biases, norms, heads).
+        trainable: ``ring_dof + other_trainable``: everything the optimizer updates.
+        frozen: Frozen parameters (in delta mode, the pretrained weights under the update).
+        model_parameters: Size of the equivalent dense model.
+        stored_parameters: Parameters a checkpoint stores (rings plus saved non-generated ones).
+    """
+
+    ring_dof: int
+    rings: dict[str, int]
+    generated_elements: int
+    other_trainable: int
+    trainable: int
+    frozen: int
+    model_parameters: int
+    stored_parameters: int
+
+    @property
+    def ring_fraction(self) -> float:
+        """Ring DoF as a fraction of the dense model ("ring only" DoF)."""
+        return self.ring_dof / max(1, self.model_parameters)
+
+    @property
+    def trainable_fraction(self) -> float:
+        """Trainable parameters as a fraction of the dense model ("all trainable" DoF)."""
+        return self.trainable / max(1, self.model_parameters)
+
+    @property
+    def compression_ratio(self) -> float:
+        """Dense model parameters per stored parameter."""
+        return self.model_parameters / max(1, self.stored_parameters)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(
+            ring_fraction=self.ring_fraction,
+            trainable_fraction=self.trainable_fraction,
+            compression_ratio=self.compression_ratio,
+        )
+        return data
+
+    def __str__(self) -> str:
+        return (
+            f"ring DoF: {self.ring_dof:,} ({self.ring_fraction:.2%} of {self.model_parameters:,}) || "
+            f"trainable params: {self.trainable:,} ({self.trainable_fraction:.2%}) || "
+            f"generated weights: {self.generated_elements:,} || stored params: {self.stored_parameters:,} || "
+            f"compression: {self.compression_ratio:.1f}x"
+        )

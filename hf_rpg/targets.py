@@ -1,0 +1,233 @@
+"""Finding the tensors to generate: PEFT-style matching, heads, ties and parametrizations."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import RPGConfig
+from .errors import RPGTargetError
+
+try:  # transformers' GPT-2 style linear layer (weight stored as [in, out])
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - transformers is a dependency, keep the module importable
+    Conv1D = None
+
+_CONV_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding, *_CONV_TYPES) + (
+    (Conv1D,) if Conv1D is not None else ()
+)
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def matches(name: str, pattern: str | list[str] | None) -> bool:
+    """PEFT's rule: a string is a regex over the full name, a list holds names or suffixes."""
+    if pattern is None:
+        return False
+    if isinstance(pattern, str):
+        return re.fullmatch(pattern, name) is not None
+    return any(name == item or name.endswith("." + item) for item in pattern)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Normalisation layers, including the many custom ``*LayerNorm``/``*RMSNorm`` classes."""
+    if isinstance(module, _NORM_TYPES):
+        return True
+    cls_name = type(module).__name__
+    return "LayerNorm" in cls_name or "RMSNorm" in cls_name or cls_name.endswith("Norm")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """One place that holds a targeted Parameter: ``module._parameters[attr]``."""
+
+    module_name: str
+    module: nn.Module = field(compare=False, repr=False)
+    attr: str
+
+    @property
+    def path(self) -> str:
+        return f"{self.module_name}.{self.attr}" if self.module_name else self.attr
+
+
+@dataclass
+class FoundTarget:
+    """A Parameter to generate, with every owner that uses it (more than one when tied)."""
+
+    name: str
+    param: nn.Parameter = field(repr=False)
+    owners: list[Owner]
+    layer: nn.Module | None = field(default=None, repr=False)
+    layer_name: str = ""
+    kind: str = "parameter"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.param.shape)
+
+    @property
+    def match_names(self) -> list[str]:
+        """Names a ring or exclude pattern may refer to: the layers and the parameter paths."""
+        names = [self.layer_name] if self.layer is not None else []
+        names += [o.module_name for o in self.owners] + [o.path for o in self.owners]
+        return list(dict.fromkeys(names))
+
+
+def _kind(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Embedding):
+        return "embedding"
+    if Conv1D is not None and isinstance(layer, Conv1D):
+        return "conv1d_transposed"
+    if isinstance(layer, _CONV_TYPES):
+        return "conv"
+    if isinstance(layer, nn.Linear):
+        return "linear"
+    return "weight"
+
+
+def head_modules(model: nn.Module) -> set[int]:
+    """ids of the task-head modules: what lies outside ``model.base_model``, plus the
+    output embeddings. Their weights stay ordinary parameters unless tied to the backbone."""
+    ids: set[int] = set()
+    base = getattr(model, "base_model", None)
+    if isinstance(base, nn.Module) and base is not model:
+        inside = {id(m) for m in base.modules()}
+        ids = {id(m) for m in model.modules() if id(m) not in inside and m is not model}
+    get_output = getattr(model, "get_output_embeddings", None)
+    if callable(get_output):
+        try:
+            output = get_output()
+        except (NotImplementedError, AttributeError):
+            output = None
+        if isinstance(output, nn.Module):
+            ids.add(id(output))
+    return ids
+
+
+def _weight_slots(module: nn.Module) -> Iterator[tuple[nn.Module, str]]:
+    """(owner module, attribute) of the raw tensor(s) behind ``module.weight``.
+
+    A weight carrying a torch parametrization (weight_norm in Wav2Vec2, for instance) is
+    computed from its originals; the originals with the weight's full size are generated
+    and the parametrization keeps working on top of them.
+    """
+    parametrizations = getattr(module, "parametrizations", None)
+    if isinstance(parametrizations, nn.ModuleDict) and "weight" in parametrizations:
+        plist = parametrizations["weight"]
+        weight_numel = module.weight.numel()
+        for attr, tensor in plist._parameters.items():
+            if tensor is not None and tensor.numel() == weight_numel:
+                yield plist, attr
+        return
+    if isinstance(module._parameters.get("weight"), nn.Parameter):
+        yield module, "weight"
+
+
+def _parameter_owners(model: nn.Module) -> dict[int, list[Owner]]:
+    owners: dict[int, list[Owner]] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for attr, param in module._parameters.items():
+            if param is not None:
+                owners.setdefault(id(param), []).append(Owner(module_name, module, attr))
+    return owners
+
+
+def _module_selected(name: str, module: nn.Module, config: RPGConfig, heads: set[int]) -> bool:
+    if is_norm(module):
+        return False
+    if config.target_modules is None:
+        return isinstance(module, DEFAULT_TARGET_TYPES) and id(module) not in heads
+    return matches(name, config.target_modules)
+
+
+def find_targets(model: nn.Module, config: RPGConfig) -> list[FoundTarget]:
+    """The Parameters ``config`` selects in ``model``, in ``named_parameters`` order.
+
+    Raises ``RPGTargetError`` when nothing is selected.
+    """
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    owners = _parameter_owners(model)
+    heads = head_modules(model) if config.target_modules is None else set()
+    found: dict[int, FoundTarget] = {}
+
+    for name, module in model.named_modules():
+        if not _module_selected(name, module, config, heads):
+            continue
+        for owner_module, attr in _weight_slots(module):
+            param = owner_module._parameters[attr]
+            if id(param) in found or not param.is_floating_point():
+                continue
+            found[id(param)] = FoundTarget(
+                name=canonical[id(param)],
+                param=param,
+                owners=owners[id(param)],
+                layer=module,
+                layer_name=name,
+                kind=_kind(module),
+            )
+
+    if config.target_parameters is not None:
+        for pname, param in model.named_parameters():
+            if id(param) in found or not matches(pname, config.target_parameters):
+                continue
+            if not param.is_floating_point():
+                raise RPGTargetError(f"target_parameters matched {pname!r}, which is not floating point")
+            found[id(param)] = FoundTarget(name=pname, param=param, owners=owners[id(param)])
+
+    targets = [t for t in found.values() if not _excluded(t, config)]
+    if not targets:
+        raise RPGTargetError(_nothing_matched_message(model, config))
+    order = {n: i for i, n in enumerate(canonical.values())}
+    return sorted(targets, key=lambda t: order[t.name])
+
+
+def _excluded(target: FoundTarget, config: RPGConfig) -> bool:
+    return any(matches(n, config.exclude_modules) for n in target.match_names)
+
+
+def _nothing_matched_message(model: nn.Module, config: RPGConfig) -> str:
+    examples = [n for n, m in model.named_modules() if isinstance(m, DEFAULT_TARGET_TYPES)][:8]
+    return (
+        "no module matched: target_modules="
+        f"{config.target_modules!r}, target_parameters={config.target_parameters!r}, "
+        f"exclude_modules={config.exclude_modules!r} select nothing in {type(model).__name__}. "
+        f"Valid targets are nn.Linear, nn.Conv*, nn.Embedding and transformers Conv1D modules, "
+        f"e.g. {examples}, or raw parameters named in target_parameters."
+    )
+
+
+def fans(target_shape: Iterable[int], kind: str) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight, with transformers' Conv1D stored as [in, out]."""
+    shape = tuple(target_shape)
+    if len(shape) < 2:
+        size = shape[0] if shape else 1
+        return size, size
+    receptive = 1
+    for s in shape[2:]:
+        receptive *= s
+    fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
+    if kind == "conv1d_transposed":
+        fan_in, fan_out = fan_out, fan_in
+    return fan_in, fan_out
+
+
+def tensor_std(tensor: torch.Tensor) -> float:
+    """Standard deviation in float64, rounded through float32 so that it is stable."""
+    values = tensor.detach().to(torch.float64)
+    return float(torch.tensor(values.std(unbiased=False).item(), dtype=torch.float32)) if values.numel() > 1 else 0.0

@@ -1,0 +1,61 @@
+"""The hf-rpg command: info, merge, demo, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+from conftest import make_bert_cls, model_outputs
+from transformers import AutoModelForSequenceClassification
+
+from hf_rpg import RPGConfig, apply_rpg
+from hf_rpg.cli import main
+
+
+def _checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = apply_rpg(make_bert_cls(), RPGConfig(dof=0.1))
+    model.save_pretrained(tmp_path / "ckpt")
+    return model, tmp_path / "ckpt"
+
+
+def test_info_prints_dof_sizes_generator_targets_and_mode(tmp_path, capsys):
+    model, path = _checkpoint(tmp_path)
+    assert main(["info", str(path), "--targets"]) == 0
+    out = capsys.readouterr().out
+    assert "mode: replace" in out and "generator: rpg-v1" in out
+    assert f"ring DoF: {model.dof_report().ring_dof:,}" in out
+    assert "bert.encoder.layer.0.attention.self.query.weight" in out
+    assert "architecture: BertForSequenceClassification" in out
+
+
+def test_merge_writes_a_plain_transformers_checkpoint(tmp_path, capsys):
+    model, path = _checkpoint(tmp_path)
+    batch = {"input_ids": torch.randint(0, 99, (2, 7))}
+    assert main(["merge", str(path), str(tmp_path / "dense")]) == 0
+    dense = AutoModelForSequenceClassification.from_pretrained(tmp_path / "dense")
+    assert torch.equal(model_outputs(dense, batch), model_outputs(model, batch))
+
+
+def test_errors_are_one_line_and_a_nonzero_exit(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_rpg.cli", "info", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": ""},
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hf-rpg info: error:"), result.stderr
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([sys.executable, "-m", "hf_rpg.cli", "merge", str(tmp_path / "empty"), "out"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 1 and "is not an hf_rpg checkpoint" in result.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--epochs", "1", "--dof", "0.5", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "dense" in out and "rpg" in out and "checkpoint" in out
+    assert (tmp_path / "rpg" / "rpg_model.safetensors").exists()

@@ -1,0 +1,82 @@
+"""RPGConfig: validation with clear messages, and the JSON round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_rpg import RPGConfig, RPGConfigError, RPGError
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dof": 0}, r"dof must be a positive int \(ring size\), got 0"),
+        ({"dof": -5}, r"dof must be a positive int \(ring size\), got -5"),
+        ({"dof": 0.0}, r"dof as a float .* must be in \(0, 1\], got 0.0"),
+        ({"dof": 1.5}, r"dof as a float .* must be in \(0, 1\], got 1.5"),
+        ({"dof": float("nan")}, r"dof as a float .* got nan"),
+        ({"dof": True}, r"dof must be an int \(ring size\) or a float in \(0, 1\]"),
+        ({"dof": "0.1"}, r"dof must be an int .* got '0.1' \(str\)"),
+        ({"seed": -1}, r"seed must be an int in \[0, 2\*\*64\), got -1"),
+        ({"seed": 2**64}, r"seed must be an int in \[0, 2\*\*64\)"),
+        ({"mode": "lora"}, r"mode must be one of 'replace', 'delta'; got 'lora'"),
+        ({"init": "zeros"}, r"init must be one of 'random', 'project'; got 'zeros'"),
+        ({"mode": "delta", "init": "project"}, r"init='project' applies to mode='replace' only"),
+        ({"target_modules": []}, r"target_modules must not be an empty list"),
+        ({"target_modules": "("}, r"target_modules='\(' is not a valid regular expression"),
+        ({"exclude_modules": [3]}, r"exclude_modules entries must be non-empty strings, got 3 \(int\)"),
+        ({"target_parameters": ""}, r"target_parameters must not be an empty string"),
+        ({"rings": {}}, r"rings must be None or a non-empty dict"),
+        ({"rings": {"a.b": ".*"}}, r"rings: ring name 'a.b' must be 1-64 characters"),
+        ({"gain": -1.0}, r"gain must be one of .* or a positive finite float, got -1.0"),
+        ({"gain": "xavier"}, r"gain must be one of 'auto', 'kaiming_fan_in', 'kaiming_fan_out'; got 'xavier'"),
+        ({"other_parameters": "some"}, r"other_parameters must be one of 'train', 'head', 'freeze'"),
+        ({"index_cache": "int16"}, r"index_cache must be one of 'int32', 'none'"),
+        ({"embedding_rows": 1}, r"embedding_rows must be True or False, got 1 \(int\)"),
+    ],
+)
+def test_bad_values_name_the_field_the_value_and_what_is_valid(kwargs, message):
+    with pytest.raises(RPGConfigError, match=message) as info:
+        RPGConfig(**kwargs)
+    assert isinstance(info.value, RPGError) and isinstance(info.value, ValueError)
+
+
+def test_json_round_trip(tmp_path):
+    config = RPGConfig(
+        dof=1234,
+        seed=2**63 + 5,
+        mode="delta",
+        target_modules=["query", "value"],
+        exclude_modules=r".*pooler.*",
+        rings={"attn": ["query"], "rest": r".*"},
+        gain=0.02,
+        other_parameters="freeze",
+        base_model_name_or_path="org/model",
+    )
+    path = tmp_path / "config.json"
+    config.to_json_file(path)
+    assert RPGConfig.from_json_file(path) == config
+    assert json.loads(path.read_text())["dof"] == 1234
+
+
+def test_unknown_keys_warn_and_are_kept_aside():
+    data = RPGConfig().to_dict() | {"future_option": 3}
+    with pytest.warns(UserWarning, match="future_option"):
+        config = RPGConfig.from_dict(data)
+    assert config._extra == {"future_option": 3}
+    assert config == RPGConfig()
+
+
+def test_defaults_depend_on_mode():
+    assert RPGConfig().resolved_other_parameters == "train"
+    assert RPGConfig(mode="delta").resolved_other_parameters == "head"
+    assert RPGConfig(gain=1).gain == 1.0
+
+
+def test_not_json(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    with pytest.raises(RPGConfigError, match="is not valid JSON"):
+        RPGConfig.from_json_file(path)

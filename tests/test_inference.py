@@ -1,0 +1,104 @@
+"""When weights are generated: once per training forward, once per ring version in inference."""
+
+from __future__ import annotations
+
+import torch
+from conftest import make_bert_cls, make_bert_mlm
+
+from hf_rpg import RPGConfig, apply_rpg
+
+QUERY = "bert.encoder.layer.0.attention.self.query"
+
+
+def _batch():
+    return {"input_ids": torch.randint(0, 99, (2, 8), generator=torch.Generator().manual_seed(0))}
+
+
+def _count_generations(model, monkeypatch) -> list[int]:
+    calls = []
+    original = model._engine.generate
+
+    def counting(ids):
+        calls.append(len(ids))
+        return original(ids)
+
+    monkeypatch.setattr(model._engine, "generate", counting)
+    return calls
+
+
+def test_inference_materialises_once_until_the_ring_changes(monkeypatch):
+    model = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2))
+    calls = _count_generations(model, monkeypatch)
+    model.eval()
+    query = model.base_model.get_submodule(QUERY)
+    with torch.no_grad():
+        first = model(**_batch()).logits
+        weight = query.weight
+        second = model(**_batch()).logits
+        assert query.weight is weight  # the same materialised tensor, reused
+    assert torch.equal(first, second)
+    assert calls == [len(model.layout.targets)]
+    with torch.no_grad():
+        model.rpg_rings["default"].mul_(1.5)  # an optimizer step does the same
+        third = model(**_batch()).logits
+        assert query.weight is not weight
+    assert len(calls) == 2 and not torch.equal(third, first)
+    model.clear_cache()
+    assert model._engine._materialized is None
+
+
+def test_training_generates_each_forward_once_for_every_owner(monkeypatch):
+    model = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.2))
+    calls = _count_generations(model, monkeypatch)
+    model.train()
+    for _ in range(2):
+        model(input_ids=_batch()["input_ids"], labels=_batch()["input_ids"]).loss.backward()
+    # every non-row-wise target in one call per forward; the tied decoder reuses the embedding's tensor
+    assert calls == [len(model.layout.targets) - len(model._engine.rowwise)] * 2
+
+
+def test_inference_cache_can_be_disabled(monkeypatch):
+    model = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2, inference_cache=False))
+    calls = _count_generations(model, monkeypatch)
+    model.eval()
+    with torch.no_grad():
+        model(**_batch())
+        model(**_batch())
+    assert len(calls) == 2 and model._engine._materialized is None
+
+
+def test_row_wise_embeddings_equal_full_generation():
+    torch.manual_seed(0)
+    model = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2))
+    assert {model.layout.targets[i].name for i in model._engine.rowwise} == {
+        "bert.embeddings.word_embeddings.weight",
+        "bert.embeddings.position_embeddings.weight",
+        "bert.embeddings.token_type_embeddings.weight",
+    }
+    model.eval()
+    batch = _batch()
+    with torch.no_grad():
+        cached = model(**batch).logits  # full materialised tables
+    model.train()  # no dropout in the tiny config: row-wise generation must give the same numbers
+    rows = model(**batch).logits
+    torch.testing.assert_close(rows, cached, rtol=0, atol=0)
+    rows.sum().backward()
+    torch.manual_seed(0)
+    full = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2, embedding_rows=False))
+    full.train()
+    full(**batch).logits.sum().backward()
+    torch.testing.assert_close(model.rpg_rings["default"].grad, full.rpg_rings["default"].grad, rtol=1e-5, atol=1e-7)
+
+
+def test_on_the_fly_indices_equal_the_cache():
+    torch.manual_seed(0)
+    cached = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2))
+    torch.manual_seed(0)
+    fly = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2, index_cache="none"))
+    assert fly._engine.index_cache_bytes() == 0
+    batch = _batch()
+    out_cached, out_fly = cached(**batch).logits, fly(**batch).logits
+    torch.testing.assert_close(out_fly, out_cached, rtol=0, atol=0)
+    out_cached.sum().backward()
+    out_fly.sum().backward()
+    torch.testing.assert_close(fly.rpg_rings["default"].grad, cached.rpg_rings["default"].grad, rtol=0, atol=0)
