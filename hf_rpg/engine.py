@@ -39,25 +39,60 @@ class _Request:
     base: torch.Tensor | None
 
 
+def _storage_refs(tensor: torch.Tensor) -> int:
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+try:  # a private torch API; without it buffers are simply never reused
+    _ALONE_REFS = _storage_refs(torch.empty(1))
+except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
+    _ALONE_REFS = None
+
+
+def buffer_is_free(buffer: torch.Tensor) -> bool:
+    """True when nothing but ``buffer`` itself holds its storage: no view of it is alive,
+    in particular none saved by an autograd graph that has not run backward yet."""
+    return _ALONE_REFS is not None and _storage_refs(buffer) <= _ALONE_REFS
+
+
 class _GenerateFromRing(torch.autograd.Function):
     """``W_t = gain_t * [ring, -ring][index_t]`` (+ ``base_t``) for several targets of one ring.
 
     Backward scatter-adds ``gain_t * dL/dW_t`` into the signed ring and folds it:
     ``grad_ring = grad_signed[:N] - grad_signed[N:]``. Indices come from the engine (the
     int32 cache, or recomputed from the seed), so nothing per-element is saved for backward.
+    With ``out`` (a flat buffer, one slice per request) the weights are written into it
+    instead of fresh memory: first-touching fresh pages costs as much as the gather itself.
     """
 
     @staticmethod
-    def forward(ctx, ring: torch.Tensor, engine: WeightEngine, ring_name: str, requests: list[_Request]):
+    def forward(
+        ctx,
+        ring: torch.Tensor,
+        engine: WeightEngine,
+        ring_name: str,
+        requests: list[_Request],
+        out: torch.Tensor | None,
+    ):
         signed = torch.cat((ring, ring.neg()))
         outputs = []
+        position = 0
         for request in requests:
             target = request.target
-            values = torch.index_select(signed, 0, engine.indices(ring_name, target, ring.device))
+            index = engine.indices(ring_name, target, ring.device)
+            if out is not None:
+                values = out.narrow(0, position, target.numel)
+                position += target.numel
+                torch.index_select(signed, 0, index, out=values)
+            else:
+                values = torch.index_select(signed, 0, index)
             values.mul_(target.gain)
             weight = values.view(target.shape)
             if request.base is not None:
-                weight = request.base + weight.to(request.base.dtype)
+                if request.base.dtype == weight.dtype:
+                    weight.add_(request.base)
+                else:
+                    weight = request.base + weight.to(request.base.dtype)
             outputs.append(weight)
         ctx.engine, ctx.ring_name, ctx.requests = engine, ring_name, requests
         ctx.ring_size = ring.shape[0]
@@ -76,8 +111,8 @@ class _GenerateFromRing(torch.autograd.Function):
             index = ctx.engine.indices(ctx.ring_name, request.target, grad.device)
             grad_signed.index_add_(0, index, grad.reshape(-1).to(grad_signed.dtype), alpha=request.target.gain)
         if grad_signed is None:
-            return None, None, None, None
-        return grad_signed[:n] - grad_signed[n:], None, None, None
+            return None, None, None, None, None
+        return grad_signed[:n] - grad_signed[n:], None, None, None, None
 
 
 class WeightEngine:
@@ -112,7 +147,7 @@ class WeightEngine:
         self._pass_depth = 0
         self._materialized: dict[int, torch.Tensor] | None = None
         self._materialized_key: tuple | None = None
-        self._ring_targets = {name: layout.ring_targets(name) for name in layout.rings}
+        self._buffers: dict[str, torch.Tensor] = {}
         self.enabled = True
 
     # ------------------------------------------------------------------ indices
@@ -167,15 +202,38 @@ class WeightEngine:
         slot = self.delta_bases.get(target_id)
         return None if slot is None else slot[0]._parameters[slot[1]]
 
-    def generate(self, target_ids: list[int]) -> dict[int, torch.Tensor]:
-        """Generate the given targets (with autograd to the rings when grad is enabled)."""
+    def _reusable_buffer(self, ring_name: str, ring: torch.Tensor, numel: int) -> torch.Tensor:
+        """The ring's flat output buffer for one training pass, reused when no graph still
+        holds the previous pass's weights (gradient accumulation included), else fresh."""
+        buffer = self._buffers.get(ring_name)
+        if (
+            buffer is None
+            or buffer.numel() != numel
+            or buffer.device != ring.device
+            or buffer.dtype != ring.dtype
+            or not buffer_is_free(buffer)
+        ):
+            buffer = torch.empty(numel, dtype=ring.dtype, device=ring.device)
+            self._buffers[ring_name] = buffer
+        return buffer
+
+    def generate(self, target_ids: list[int], *, reuse_buffer: bool = False) -> dict[int, torch.Tensor]:
+        """Generate the given targets (with autograd to the rings when grad is enabled).
+
+        ``reuse_buffer`` writes them into the ring's reusable buffer; only for tensors that
+        live no longer than one pass (never for the inference cache).
+        """
         by_ring: dict[str, list[int]] = {}
         for tid in target_ids:
             by_ring.setdefault(self.layout.targets[tid].ring, []).append(tid)
         weights: dict[int, torch.Tensor] = {}
         for ring_name, ids in by_ring.items():
+            ring = self.ring(ring_name)
             requests = [_Request(self.layout.targets[i], self._base(i)) for i in ids]
-            outputs = _GenerateFromRing.apply(self.ring(ring_name), self, ring_name, requests)
+            out = None
+            if reuse_buffer:
+                out = self._reusable_buffer(ring_name, ring, sum(r.target.numel for r in requests))
+            outputs = _GenerateFromRing.apply(ring, self, ring_name, requests, out)
             weights.update(zip(ids, outputs, strict=True))
         return weights
 
@@ -189,16 +247,20 @@ class WeightEngine:
         """All weights generated without grad, reused until a ring changes."""
         key = self._cache_key()
         if self._materialized is None or self._materialized_key != key:
-            self._materialized = None  # free the stale copy before making a new one
+            self._drop_inference_weights()  # free the stale copy before making a new one
             with torch.no_grad():
                 self._materialized = self.generate(list(range(len(self.layout.targets))))
             self._materialized_key = key
         return self._materialized
 
-    def clear_cache(self) -> None:
-        """Drop the inference weights (the index caches stay)."""
+    def _drop_inference_weights(self) -> None:
         self._materialized = None
         self._materialized_key = None
+
+    def clear_cache(self) -> None:
+        """Drop the inference weights and the training output buffers (index caches stay)."""
+        self._drop_inference_weights()
+        self._buffers.clear()
 
     @contextmanager
     def forward_pass(self) -> Iterator[None]:
@@ -211,9 +273,9 @@ class WeightEngine:
                 self._pass_depth -= 1
             return
         if torch.is_grad_enabled():
-            self.clear_cache()
+            self._drop_inference_weights()  # training resumed: free the inference copy
             eager = [i for i in range(len(self.layout.targets)) if i not in self.rowwise]
-            weights = self.generate(eager)
+            weights = self.generate(eager, reuse_buffer=True)
         elif self.inference_cache:
             weights = dict(self.materialized())
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import make_bert_cls, make_bert_mlm
 
+import hf_rpg.engine
 from hf_rpg import RPGConfig, apply_rpg
 
 QUERY = "bert.encoder.layer.0.attention.self.query"
@@ -18,9 +19,9 @@ def _count_generations(model, monkeypatch) -> list[int]:
     calls = []
     original = model._engine.generate
 
-    def counting(ids):
+    def counting(ids, **kwargs):
         calls.append(len(ids))
-        return original(ids)
+        return original(ids, **kwargs)
 
     monkeypatch.setattr(model._engine, "generate", counting)
     return calls
@@ -102,3 +103,29 @@ def test_on_the_fly_indices_equal_the_cache():
     out_cached.sum().backward()
     out_fly.sum().backward()
     torch.testing.assert_close(fly.rpg_rings["default"].grad, cached.rpg_rings["default"].grad, rtol=0, atol=0)
+
+
+def test_training_buffers_are_reused_only_when_no_graph_holds_them(monkeypatch):
+    torch.manual_seed(0)
+    model = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2))
+    torch.manual_seed(0)
+    reference = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2))
+    model.train()
+    reference.train()
+    batch = _batch()
+    # two forwards before one backward: the second pass must not overwrite the first's weights
+    first = model(**batch).logits
+    buffer = model._engine._buffers["default"]
+    second = model(**batch).logits
+    assert model._engine._buffers["default"] is not buffer
+    (first.sum() + 2 * second.sum()).backward()
+    with monkeypatch.context() as patch:  # the reference never reuses memory
+        patch.setattr(hf_rpg.engine, "buffer_is_free", lambda buffer: False)
+        ref_first, ref_second = reference(**batch).logits, reference(**batch).logits
+        (ref_first.sum() + 2 * ref_second.sum()).backward()
+    torch.testing.assert_close(model.rpg_rings["default"].grad, reference.rpg_rings["default"].grad, rtol=0, atol=0)
+    # after backward nothing holds it: the next pass writes into the same memory
+    buffer = model._engine._buffers["default"]
+    del first, second
+    model(**batch).logits.sum().backward()
+    assert model._engine._buffers["default"] is buffer
