@@ -24,6 +24,16 @@ from .generator import GENERATOR_VERSION
 from .model import RPGModel, apply_rpg
 from .report import DoFReport
 
+
+def __getattr__(name: str):
+    # RPGTrainer imports transformers.Trainer (and accelerate): load it only when asked.
+    if name == "RPGTrainer":
+        from .trainer import RPGTrainer
+
+        return RPGTrainer
+    raise AttributeError(f"module 'hf_rpg' has no attribute {name!r}")
+
+
 __all__ = [
     "GENERATOR_VERSION",
     "DoFReport",
@@ -36,6 +46,7 @@ __all__ = [
     "RPGModel",
     "RPGStateError",
     "RPGTargetError",
+    "RPGTrainer",
     "__version__",
     "apply_rpg",
 ]

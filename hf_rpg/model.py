@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
-import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ from .engine import WeightEngine
 from .errors import RPGManifestMismatchError, RPGStateError
 from .generator import ring_normal_init
 from .layout import Layout, assign_rings, build_layout
-from .parametrize import GeneratedSource, attach, detach, is_generated
+from .parametrize import GeneratedSource, attach, detach, is_generated, original_class
 from .report import DoFReport
 from .targets import FoundTarget, Owner, fans, find_targets, head_modules, tensor_std
 
@@ -125,11 +125,57 @@ def targets_from_manifest(model: nn.Module, layout: Layout) -> list[FoundTarget]
     return found
 
 
+_MODEL_CLASSES: dict[type, type] = {}
+
+
+def _model_class_for(base_class: type) -> type:
+    """``RPG<BaseClass>``: an RPGModel subclass whose ``forward`` has the base model's
+    signature. transformers' Trainer reads the class's forward signature to find the label
+    names and to drop batch columns the model does not take."""
+    cls = _MODEL_CLASSES.get(base_class)
+    if cls is not None:
+        return cls
+
+    def forward(self: RPGModel, *args: Any, **kwargs: Any) -> Any:
+        return RPGModel.forward(self, *args, **kwargs)
+
+    # a forward without a readable signature keeps *args/**kwargs
+    with contextlib.suppress(TypeError, ValueError):
+        forward.__signature__ = inspect.signature(base_class.forward)
+    forward.__doc__ = RPGModel.forward.__doc__
+    cls = type(
+        f"RPG{base_class.__name__}",
+        (RPGModel,),
+        {"forward": forward, "__module__": RPGModel.__module__, "__doc__": RPGModel.__doc__},
+    )
+    _MODEL_CLASSES[base_class] = cls
+    return cls
+
+
+def _drop_base_weights(module: RPGModel, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """state_dict post-hook: the state of an RPG model is what its checkpoint stores."""
+    for name in module.base_weight_names():
+        state_dict.pop(prefix + name, None)
+
+
+def _allow_missing_base_weights(module: RPGModel, incompatible_keys: Any) -> None:
+    """load_state_dict post-hook: frozen base weights are not expected in a state dict."""
+    excluded = module.base_weight_names()
+    missing = incompatible_keys.missing_keys
+    # keys carry the prefix of wherever this model sits in the module being loaded (DDP's "module.")
+    missing[:] = [key for key in missing if not any(key == n or key.endswith("." + n) for n in excluded)]
+
+
 class RPGModel(nn.Module):
     """A model whose targeted weights are generated from trainable ring(s).
 
     Call it exactly like the wrapped model. Attributes it does not define are looked up on
     the wrapped model (``config``, ``generate``, ``gradient_checkpointing_enable`` ...).
+
+    ``state_dict()`` holds what a checkpoint stores: the rings, the non-generated
+    parameters (in delta mode only the trainable ones) and the buffers. The frozen base
+    weights of delta mode are left out (they come from the base model), which keeps the
+    checkpoints of training frameworks (Trainer, ``accelerator.save_state``) compact.
 
     Attributes:
         base_model: The wrapped model, changed in place.
@@ -183,7 +229,9 @@ class RPGModel(nn.Module):
             for owner in target.owners:
                 attach(owner.module, owner.attr, source, keep_parameter=config.mode == "delta")
         self._set_other_trainability(config.resolved_other_parameters)
-        self._expose_base_signature()
+        self.__class__ = _model_class_for(original_class(model))
+        self.register_state_dict_post_hook(_drop_base_weights)
+        self.register_load_state_dict_post_hook(_allow_missing_base_weights)
         return self
 
     def _initial_ring(self, ring_name: str, ring_init: str, targets: list[FoundTarget]) -> torch.Tensor:
@@ -229,22 +277,6 @@ class RPGModel(nn.Module):
             if id(param) not in bases:
                 param.requires_grad_(id(param) in head_params)
 
-    def _expose_base_signature(self) -> None:
-        """Give ``self.forward`` the wrapped model's signature: Trainer drops batch columns
-        that the forward signature lacks."""
-        try:
-            signature = inspect.signature(self.base_model.forward)
-        except (TypeError, ValueError):
-            return
-
-        def forward(self: RPGModel, *args: Any, **kwargs: Any) -> Any:
-            return RPGModel.forward(self, *args, **kwargs)
-
-        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        forward.__signature__ = signature.replace(parameters=[self_param, *signature.parameters.values()])
-        forward.__doc__ = getattr(self.base_model.forward, "__doc__", None)
-        self.forward = types.MethodType(forward, self)
-
     # ------------------------------------------------------------------ calling
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -284,6 +316,19 @@ class RPGModel(nn.Module):
         if self.rpg_config.mode != "delta":
             return set()
         return {id(owners[0].module._parameters[owners[0].attr]) for owners in self._targets}
+
+    def base_weight_names(self) -> set[str]:
+        """Names (``base_model.``-prefixed) of the frozen base weights in delta mode: the
+        pretrained weights under the update and the frozen non-generated parameters. They
+        come from the base model, so ``state_dict()`` and checkpoints leave them out."""
+        if self.rpg_config.mode != "delta":
+            return set()
+        bases = self._delta_base_ids()
+        return {
+            "base_model." + name
+            for name, param in self.base_model.named_parameters(remove_duplicate=False)
+            if id(param) in bases or not param.requires_grad
+        }
 
     def dof_report(self) -> DoFReport:
         """Ring DoF, trainable parameters, dense model size and compression ratio."""

@@ -73,6 +73,11 @@ def _generated_class(base: type, attrs: frozenset[str], rowwise: bool) -> type:
     return cls
 
 
+def original_class(module: nn.Module) -> type:
+    """The class ``module`` had before hf_rpg swapped it (its own class if never swapped)."""
+    return module.__dict__.get(_ORIGINAL_CLASS, type(module))
+
+
 def is_generated(module: nn.Module) -> bool:
     return _SOURCES in module.__dict__
 

@@ -122,6 +122,16 @@ MODELS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps a process-wide singleton (device, mixed precision): reset it between
+    tests so that each test's Accelerator or Trainer sets up its own."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(params=sorted(MODELS))
 def tiny(request) -> TinyModel:
     torch.manual_seed(0)
