@@ -315,6 +315,9 @@ class WeightEngine:
             return F.embedding(ids, weight, module.padding_idx, module.max_norm, module.norm_type,
                                module.scale_grad_by_freq, module.sparse)  # fmt: skip
         target = self.layout.targets[target_id]
+        if not ids.is_cuda and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= target.shape[0]):
+            # F.embedding's own check; on CUDA the index cache lookup asserts instead
+            raise IndexError(f"index out of range in self: ids must be in [0, {target.shape[0]})")
         ring = self.ring(target.ring)
         dim = target.shape[1]
         columns = torch.arange(dim, device=ids.device, dtype=torch.int64)

