@@ -330,16 +330,17 @@ def _build_base_model(
     return model
 
 
+def _dtype_kind(dtype: torch.dtype) -> str:
+    return "complex" if dtype.is_complex else "float" if dtype.is_floating_point else "integer or bool"
+
+
 def _check_value(tensor: torch.Tensor, value: torch.Tensor, name: str) -> None:
     if tuple(value.shape) != tuple(tensor.shape):
         raise RPGManifestMismatchError(
             f"{WEIGHTS_NAME}: {name!r} has shape {list(value.shape)} but the model expects {list(tensor.shape)}"
         )
     # Casting between floating dtypes is a choice (a bf16 model); int <-> float never is.
-    if (value.dtype.is_floating_point, value.dtype.is_complex) != (
-        tensor.dtype.is_floating_point,
-        tensor.dtype.is_complex,
-    ):
+    if _dtype_kind(value.dtype) != _dtype_kind(tensor.dtype):
         raise RPGManifestMismatchError(
             f"{WEIGHTS_NAME}: {name!r} is stored as {value.dtype} but the model's tensor is {tensor.dtype}"
         )
