@@ -10,9 +10,12 @@ A checkpoint is a directory (local, or a Hub repo) holding:
 - ``config.json``: the architecture (replace mode loads from it, with no base weights);
 - ``README.md``: a model card.
 
-Saves are atomic per file: everything is written into a temporary directory beside the
-target, and each file is moved into place with ``os.replace`` only once all are written,
-``rpg_config.json`` last. Nothing is ever unpickled on load.
+Saves are atomic (``hf_rpg.atomic``): everything is written into a staging directory
+beside the target and moved into place only once all is written, ``rpg_config.json``
+last; a failure puts the previous files back. ``rpg_config.json`` records the SHA-256 of
+the weights file and the weights file records a digest of what in ``rpg_config.json``
+decides the generated weights, so a mismatched pair fails to load. Loading checks every
+field before use, raises only ``RPGError`` s, writes nothing and unpickles nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +23,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,14 +32,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import __version__
+from .atomic import BACKUP_DIR, leftover_staging_dirs, write_directory_atomically
 from .config import RPGConfig
-from .errors import (
-    RPGCheckpointError,
-    RPGGeneratorVersionError,
-    RPGManifestMismatchError,
-)
-from .generator import GENERATOR_VERSION, SUPPORTED_GENERATORS
+from .errors import RPGCheckpointError, RPGConfigError, RPGManifestMismatchError, RPGStateError
+from .generator import GENERATOR_VERSION
 from .layout import Layout
+from .metadata import BINDING_KEY, FORMAT_VERSION, binding_digest, check_metadata
 
 if TYPE_CHECKING:
     from .model import RPGModel
@@ -48,9 +46,7 @@ CONFIG_NAME = "rpg_config.json"
 WEIGHTS_NAME = "rpg_model.safetensors"
 MODEL_CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
-FORMAT_VERSION = 1
 RING_PREFIX = "rpg_rings."
-_REQUIRED_META_KEYS = ("format_version", "generator", "config", "manifest")
 
 
 def original_class(module: nn.Module) -> type:
@@ -156,21 +152,37 @@ def _card_is_ours(path: Path) -> bool:
     return not path.exists() or CARD_MARKER in path.read_text(encoding="utf-8", errors="replace")
 
 
+def _is_main_process(flag: bool | None) -> bool:
+    """``flag`` when given; else, under ``torch.distributed``, whether this is rank 0."""
+    if flag is not None:
+        return bool(flag)
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return True
+
+
 def save_checkpoint(
     model: RPGModel,
     save_directory: str | Path,
     *,
-    is_main_process: bool = True,
+    is_main_process: bool | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
     safe_serialization: bool = True,
     model_card: bool = True,
     card_info: dict[str, Any] | None = None,
     **ignored: Any,
 ) -> Path:
-    """Write the compact checkpoint of ``model`` into ``save_directory``.
+    """Write the compact checkpoint of ``model`` into ``save_directory``, atomically.
+
+    Either every checkpoint file is replaced or none is: a failure leaves the previous
+    checkpoint (and a fresh directory: nothing at all) in place, and other files in the
+    directory are never touched (see ``hf_rpg.atomic`` and ``docs/reliability.md``).
 
     Args:
-        is_main_process: Only the main process writes (pass ``accelerator.is_main_process``).
+        is_main_process: Whether this process writes. By default, under an initialised
+            ``torch.distributed`` process group only rank 0 writes; pass
+            ``accelerator.is_main_process`` (or ``args.should_save``) to choose yourself.
         state_dict: Tensors to save instead of the live ones (``rpg_rings.*`` and
             ``base_model.*`` keys, as ``RPGModel.state_dict()`` names them).
         safe_serialization: Accepted for transformers compatibility; checkpoints are
@@ -179,40 +191,49 @@ def save_checkpoint(
         card_info: Extra model card fields (``metrics``, ``datasets``, ``model_name``...).
         **ignored: Other ``save_pretrained`` arguments of transformers (``max_shard_size``,
             ``push_to_hub`` ...) are accepted and ignored.
+
+    Raises:
+        RPGCheckpointError: The directory cannot be written (the message says what state
+            it is in).
     """
     target = Path(save_directory)
-    if not is_main_process:
+    if not _is_main_process(is_main_process):
         return target
     if not safe_serialization:
         raise RPGCheckpointError("safe_serialization=False is not supported: hf_rpg writes safetensors only")
     if target.exists() and not target.is_dir():
         raise RPGCheckpointError(f"save_directory {str(target)!r} exists and is not a directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    # Resolved, so that the staging directory lies beside the real directory (same
+    # filesystem) when the target is a symlink.
+    real = target.resolve()
     tensors = _tensors_to_save(model, state_dict)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.rpg-tmp-", dir=target.parent))
-    try:
+    binding = binding_digest(
+        {"generator": GENERATOR_VERSION, "config": model.rpg_config.to_dict(), "manifest": model.layout.to_dict()}
+    )
+    write_card = model_card and _card_is_ours(real / CARD_NAME)
+
+    def write(staging: Path) -> list[str]:
         weights = staging / WEIGHTS_NAME
-        save_file(
-            tensors,
-            weights,
-            metadata={"format": "pt", "hf_rpg_format": str(FORMAT_VERSION), "generator": GENERATOR_VERSION},
-        )
+        metadata = {
+            "format": "pt",
+            "hf_rpg_format": str(FORMAT_VERSION),
+            "generator": GENERATOR_VERSION,
+            BINDING_KEY: binding,
+        }
+        save_file(tensors, weights, metadata=metadata)
         meta = checkpoint_metadata(model, _sha256(weights), weights.stat().st_size)
         names = [WEIGHTS_NAME]
         if _write_model_config(model, staging / MODEL_CONFIG_NAME):
             names.append(MODEL_CONFIG_NAME)
-        if model_card and _card_is_ours(target / CARD_NAME):
+        if write_card:
             from .hub import model_card_text
 
             (staging / CARD_NAME).write_text(model_card_text(meta, **(card_info or {})), encoding="utf-8")
             names.append(CARD_NAME)
         (staging / CONFIG_NAME).write_text(format_metadata(meta), encoding="utf-8")
-        names.append(CONFIG_NAME)
-        target.mkdir(exist_ok=True)
-        for name in names:  # rpg_config.json last: it names the weights' checksum
-            os.replace(staging / name, target / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return [*names, CONFIG_NAME]  # rpg_config.json last: it vouches for the weights file
+
+    write_directory_atomically(real, write)
     return target
 
 
@@ -220,34 +241,40 @@ def save_checkpoint(
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """Parse and check ``rpg_config.json``."""
+    """Parse and check ``rpg_config.json`` (see ``hf_rpg.metadata.check_metadata``)."""
     try:
         meta = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or UTF-8
         raise RPGCheckpointError(f"{path} is not a readable JSON file: {err}") from None
-    if not isinstance(meta, dict):
-        raise RPGCheckpointError(f"{path} must hold a JSON object, got {type(meta).__name__}")
-    for key in _REQUIRED_META_KEYS:
-        if key not in meta:
-            raise RPGCheckpointError(f"{path} lacks the field {key!r} (required: {', '.join(_REQUIRED_META_KEYS)})")
-    if meta["generator"] not in SUPPORTED_GENERATORS:
-        raise RPGGeneratorVersionError(
-            f"{path} was written with generator {meta['generator']!r}; this hf_rpg {__version__} implements "
-            f"{', '.join(SUPPORTED_GENERATORS)}. Upgrade hf_rpg to load it."
-        )
-    if meta["format_version"] != FORMAT_VERSION:
-        raise RPGCheckpointError(
-            f"{path} has format_version {meta['format_version']!r}; this hf_rpg reads format {FORMAT_VERSION}"
-        )
-    return meta
+    return check_metadata(meta, str(path), weights_name=WEIGHTS_NAME)
+
+
+def _interrupted_save_hint(directory: Path) -> str:
+    """Where an interrupted save left files, for errors about a mismatched pair of files."""
+    leftovers = leftover_staging_dirs(directory)
+    if not leftovers:
+        return ""
+    where = ", ".join(repr(str(p)) for p in leftovers)
+    return (
+        f". A save into this directory was interrupted and left {where}: its {BACKUP_DIR}/ folder holds the "
+        f"previous files it had replaced, the other files are the new ones not moved yet; move one set into "
+        f"{str(directory)!r} to recover (docs/reliability.md)"
+    )
 
 
 def _check_weights_file(path: Path, meta: dict[str, Any]) -> None:
-    expected = (meta.get("files") or {}).get(WEIGHTS_NAME, {}).get("sha256")
-    if expected is not None and _sha256(path) != expected:
+    entry = (meta.get("files") or {}).get(WEIGHTS_NAME) or {}
+    size, digest = entry.get("bytes"), entry.get("sha256")
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        raise RPGCheckpointError(
+            f"{path} is {actual} bytes but {CONFIG_NAME} records {size}: the file is truncated, corrupted, "
+            f"or from another save{_interrupted_save_hint(path.parent)}"
+        )
+    if digest is not None and _sha256(path) != digest:
         raise RPGCheckpointError(
             f"{path} does not match the SHA-256 recorded in {CONFIG_NAME}: the file is corrupted, truncated, "
-            "or from another save"
+            f"or from another save{_interrupted_save_hint(path.parent)}"
         )
 
 
@@ -259,15 +286,17 @@ def _model_class(meta: dict[str, Any]) -> type:
     cls = getattr(transformers, name, None) if isinstance(name, str) and module.startswith("transformers") else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise RPGCheckpointError(
-            f"cannot rebuild the base model class {module}.{name} (only transformers classes are rebuilt); "
-            "pass base_model=<an instance of the architecture> to from_pretrained"
+            f"cannot rebuild the base model class {module}.{name} named in {CONFIG_NAME} (only transformers "
+            "PreTrainedModel classes are rebuilt); pass base_model=<an instance of the architecture> to from_pretrained"
         )
     return cls
 
 
-def _build_base_model(meta: dict[str, Any], model_config_path: Path | None, hub_kwargs: dict[str, Any]) -> nn.Module:
+def _build_base_model(
+    meta: dict[str, Any], config: RPGConfig, model_config_path: Path | None, hub_kwargs: dict[str, Any]
+) -> nn.Module:
     cls = _model_class(meta)
-    if meta["config"].get("mode") == "delta":
+    if config.mode == "delta":
         info = meta.get("base_model") or {}
         reference = info.get("name_or_path")
         if not reference:
@@ -276,64 +305,121 @@ def _build_base_model(meta: dict[str, Any], model_config_path: Path | None, hub_
                 "pass base_model=<the pretrained model> to from_pretrained"
             )
         revision = info.get("revision")
-        return cls.from_pretrained(reference, revision=revision, **hub_kwargs)
+        try:
+            # safetensors only and no remote code: a checkpoint never makes hf_rpg unpickle or run code.
+            return cls.from_pretrained(
+                reference, revision=revision, use_safetensors=True, trust_remote_code=False, **hub_kwargs
+            )
+        except Exception as err:  # transformers and huggingface_hub raise many types (OSError, ValueError...)
+            raise RPGCheckpointError(
+                f"cannot load the base model {reference!r} (revision {revision!r}) that this delta checkpoint "
+                f"records, from safetensors weights: {err}. Pass base_model=<the pretrained model> to from_pretrained"
+            ) from err
     if model_config_path is None:
         raise RPGCheckpointError(f"the checkpoint has no {MODEL_CONFIG_NAME}; pass base_model=<the architecture>")
     from transformers.initialization import no_init_weights
 
-    config = cls.config_class.from_json_file(str(model_config_path))
-    with no_init_weights():  # every weight is loaded or generated: skip the random init
-        model = cls._from_config(config)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    try:
+        model_config = cls.config_class.from_json_file(str(model_config_path))
+        with no_init_weights():  # every weight is loaded or generated: skip the random init
+            model = cls._from_config(model_config)
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+    except Exception as err:  # a malformed config.json fails anywhere inside transformers
+        raise RPGCheckpointError(f"cannot build {cls.__name__} from {model_config_path}: {err!r}") from err
     return model
 
 
-def _copy_into(tensor: torch.Tensor, value: torch.Tensor, name: str) -> None:
+def _dtype_kind(dtype: torch.dtype) -> str:
+    return "complex" if dtype.is_complex else "float" if dtype.is_floating_point else "integer or bool"
+
+
+def _check_value(tensor: torch.Tensor, value: torch.Tensor, name: str) -> None:
     if tuple(value.shape) != tuple(tensor.shape):
         raise RPGManifestMismatchError(
             f"{WEIGHTS_NAME}: {name!r} has shape {list(value.shape)} but the model expects {list(tensor.shape)}"
         )
-    with torch.no_grad():
-        tensor.copy_(value)
+    # Casting between floating dtypes is a choice (a bf16 model); int <-> float never is.
+    if _dtype_kind(value.dtype) != _dtype_kind(tensor.dtype):
+        raise RPGManifestMismatchError(
+            f"{WEIGHTS_NAME}: {name!r} is stored as {value.dtype} but the model's tensor is {tensor.dtype}"
+        )
 
 
-def load_tensors(model: RPGModel, path: Path) -> None:
-    """Copy the rings, stored parameters and buffers of ``path`` into ``model``."""
+def _safetensors_call(path: Path, what: str, call: Any, *args: Any) -> Any:
     try:
-        handle = safe_open(str(path), framework="pt")
-    except Exception as err:  # safetensors raises its own error types for malformed headers
-        raise RPGCheckpointError(f"{path} is not a readable safetensors file: {err}") from None
+        return call(*args)
+    except Exception as err:  # safetensors (Rust) and torch raise their own types for malformed files
+        raise RPGCheckpointError(f"{path} is not a readable safetensors file ({what}): {err}") from None
+
+
+def _read_weights(path: Path, binding: str | None) -> dict[str, torch.Tensor]:
+    """Every tensor of the weights file, after checking that it belongs to ``rpg_config.json``."""
+    handle = _safetensors_call(path, "header", safe_open, str(path), "pt")
     with handle:
-        keys = set(handle.keys())
-        for name, ring in model.rpg_rings.items():
-            key = RING_PREFIX + name
-            if key not in keys:
-                raise RPGCheckpointError(f"{path} has no tensor {key!r} for ring {name!r}")
-            value = handle.get_tensor(key)
-            if tuple(value.shape) != (model.layout.rings[name].size,):
-                raise RPGManifestMismatchError(
-                    f"{path}: ring {name!r} has shape {list(value.shape)}, the manifest says "
-                    f"[{model.layout.rings[name].size}]"
-                )
-            if not bool(torch.isfinite(value).all()):
-                raise RPGCheckpointError(f"{path}: ring {name!r} holds NaN or Inf values")
-            _copy_into(ring, value, key)
-        expected = stored_entries(model)
-        for key in sorted(keys - {RING_PREFIX + n for n in model.rpg_rings}):
-            if key not in expected:
-                raise RPGManifestMismatchError(
-                    f"{path} holds {key!r}, which the model ({type(model.base_model).__name__}) does not have "
-                    "as a stored parameter or buffer"
-                )
-            _copy_into(expected[key], handle.get_tensor(key), key)
+        metadata = _safetensors_call(path, "metadata", handle.metadata) or {}
+        stored_binding = metadata.get(BINDING_KEY)
+        if binding is not None and stored_binding is not None and stored_binding != binding:
+            raise RPGCheckpointError(
+                f"{path} was saved with another {CONFIG_NAME}: the generator, seed, mode or manifest there differ "
+                f"from the ones the weights were saved with{_interrupted_save_hint(path.parent)}"
+            )
+        keys = _safetensors_call(path, "keys", handle.keys)
+        return {key: _safetensors_call(path, key, handle.get_tensor, key) for key in keys}
+
+
+def _check_ring(path: Path, name: str, value: torch.Tensor, size: int) -> None:
+    if tuple(value.shape) != (size,):
+        raise RPGManifestMismatchError(
+            f"{path}: ring {name!r} has shape {list(value.shape)}, the manifest says [{size}]"
+        )
+    if not value.dtype.is_floating_point:
+        raise RPGCheckpointError(f"{path}: ring {name!r} is stored as {value.dtype}; a ring is floating point")
+    bad = ~torch.isfinite(value)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise RPGCheckpointError(
+            f"{path}: ring {name!r} holds {int(bad.sum())} NaN or Inf value(s), the first at index {first} "
+            f"(value {value[first].item()}); every generated weight reading them would be NaN or Inf"
+        )
+
+
+def load_tensors(model: RPGModel, path: Path, *, binding: str | None = None) -> None:
+    """Copy the rings, stored parameters and buffers of ``path`` into ``model``.
+
+    Everything is checked before anything is copied, so a failure changes nothing.
+    ``binding``: the ``binding_digest`` of the ``rpg_config.json`` being loaded; a weights
+    file that records another one was saved with another ``rpg_config.json``.
+    """
+    values = _read_weights(path, binding)
+    copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+    ring_keys = {RING_PREFIX + name for name in model.rpg_rings}
+    for name, ring in model.rpg_rings.items():
+        key = RING_PREFIX + name
+        if key not in values:
+            raise RPGCheckpointError(f"{path} has no tensor {key!r} for ring {name!r}")
+        _check_ring(path, name, values[key], model.layout.rings[name].size)
+        _check_value(ring, values[key], key)
+        copies.append((ring, values[key]))
+    expected = stored_entries(model)
+    for key in sorted(set(values) - ring_keys):
+        if key not in expected:
+            raise RPGManifestMismatchError(
+                f"{path} holds {key!r}, which the model ({type(model.base_model).__name__}) does not have "
+                "as a stored parameter or buffer"
+            )
+        _check_value(expected[key], values[key], key)
+        copies.append((expected[key], values[key]))
     if model.rpg_config.mode == "replace":
-        missing = [k for k in expected if k not in keys]
+        missing = [k for k in expected if k not in values]
         if missing:
             raise RPGCheckpointError(
                 f"{path} lacks {len(missing)} tensor(s) the model needs, first {missing[0]!r}; "
                 "a replace-mode checkpoint must hold every parameter and buffer that is not generated"
             )
+    with torch.no_grad():
+        for tensor, value in copies:
+            tensor.copy_(value)
 
 
 def load_checkpoint(
@@ -361,18 +447,37 @@ def load_checkpoint(
     """
     from .hub import resolve_checkpoint_files
     from .model import RPGModel, targets_from_manifest
+    from .parametrize import is_generated
 
+    if base_model is not None and (
+        isinstance(base_model, RPGModel) or any(is_generated(m) for m in base_model.modules())
+    ):
+        raise RPGStateError(
+            "RPG is already applied to base_model; from_pretrained takes a plain model "
+            "(call merge_and_unload() on it first, or pass a freshly loaded base model)"
+        )
     hub_kwargs = {"cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
     files = resolve_checkpoint_files(path_or_repo_id, revision=revision, force_download=force_download, **hub_kwargs)
     meta = read_metadata(files[CONFIG_NAME])
-    config = RPGConfig.from_dict(meta["config"])
+    try:
+        config = RPGConfig.from_dict(meta["config"])
+    except RPGConfigError as err:
+        raise RPGConfigError(f"{files[CONFIG_NAME]}: 'config': {err}") from None
     layout = Layout.from_dict(meta["manifest"])
     _check_weights_file(files[WEIGHTS_NAME], meta)
     if base_model is None:
-        base_model = _build_base_model(meta, files.get(MODEL_CONFIG_NAME), hub_kwargs)
+        base_model = _build_base_model(meta, config, files.get(MODEL_CONFIG_NAME), hub_kwargs)
     targets = targets_from_manifest(base_model, layout)
+    trainable = [(p, p.requires_grad) for p in base_model.parameters()]
     model = RPGModel._wrap(base_model, config, layout, targets, "empty")
-    load_tensors(model, files[WEIGHTS_NAME])
+    try:
+        load_tensors(model, files[WEIGHTS_NAME], binding=binding_digest(meta))
+    except BaseException:
+        # A base_model the caller passed is theirs: give it back as it was, not half-wrapped.
+        model._unload({tid: target.param for tid, target in enumerate(targets)})
+        for param, flag in trainable:
+            param.requires_grad_(flag)
+        raise
     model.eval()
     return model
 

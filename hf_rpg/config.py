@@ -37,16 +37,17 @@ def _describe(value: Any) -> str:
 
 def _check_pattern(name: str, value: Any, *, allow_none: bool = True) -> Pattern:
     """Validate a PEFT-style module pattern: a regex string or a list of names/suffixes."""
+    valid = "a regex string, a list of strings or None" if allow_none else "a regex string or a list of strings"
     if value is None:
         if allow_none:
             return None
-        raise RPGConfigError(f"{name} must be a regex string or a list of names, got None")
+        raise RPGConfigError(f"{name} must be {valid}, got None")
     if isinstance(value, str):
         if not value:
-            raise RPGConfigError(f"{name} must not be an empty string")
+            raise RPGConfigError(f"{name} must not be an empty string; it must be {valid}")
         try:
             re.compile(value)
-        except re.error as err:
+        except (re.error, RecursionError, OverflowError) as err:  # deep nesting / huge repeats
             raise RPGConfigError(f"{name}={value!r} is not a valid regular expression: {err}") from None
         return value
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -59,7 +60,7 @@ def _check_pattern(name: str, value: Any, *, allow_none: bool = True) -> Pattern
             if not isinstance(item, str) or not item:
                 raise RPGConfigError(f"{name} entries must be non-empty strings, got {_describe(item)}")
         return items
-    raise RPGConfigError(f"{name} must be a regex string, a list of strings or None, got {_describe(value)}")
+    raise RPGConfigError(f"{name} must be {valid}, got {_describe(value)}")
 
 
 @dataclass
@@ -197,8 +198,16 @@ class RPGConfig:
         gain = self.gain
         if isinstance(gain, str):
             self._check_choice("gain", gain, GAINS)
-        elif isinstance(gain, bool) or not isinstance(gain, (int, float)) or not (math.isfinite(gain) and gain > 0):
-            raise RPGConfigError(f"gain must be one of {GAINS} or a positive finite float, got {_describe(gain)}")
+        elif (
+            isinstance(gain, bool)
+            or not isinstance(gain, (int, float))
+            # math.isfinite(int) converts to float, which overflows for ints past ~1e308
+            or (isinstance(gain, int) and not 0 < gain <= 2**64)
+            or (isinstance(gain, float) and not (math.isfinite(gain) and gain > 0))
+        ):
+            raise RPGConfigError(
+                f"gain must be one of {', '.join(map(repr, GAINS))} or a positive finite float, got {_describe(gain)}"
+            )
         elif isinstance(gain, int):
             self.gain = float(gain)
 
@@ -241,9 +250,8 @@ class RPGConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> RPGConfig:
-        text = Path(path).read_text(encoding="utf-8")
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise RPGConfigError(f"{path} is not valid JSON: {err}") from None
         return cls.from_dict(data)

@@ -16,6 +16,63 @@ from .errors import RPGConfigError, RPGManifestMismatchError
 from .generator import MAX_POSITIONS
 from .targets import FoundTarget, matches
 
+# Manifest fields are read strictly: a float offset or a string shape is refused rather
+# than rounded or iterated, since a silently coerced value would generate other weights.
+_MISSING = object()
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _where(kind: str, data: dict[str, Any]) -> str:
+    """How an error names a manifest entry: by its name when it has a usable one."""
+    name = data.get("name")
+    return f"manifest {kind} {name!r}" if isinstance(name, str) and name else f"manifest {kind} entry {_short(data)}"
+
+
+def _field(
+    data: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str, where: str, default: Any = _MISSING
+) -> Any:
+    if key not in data:
+        if default is _MISSING:
+            raise RPGManifestMismatchError(f"{where} lacks the field {key!r}")
+        return default
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise RPGManifestMismatchError(f"{where}: {key!r} must be {what}, got {_short(value)} ({type(value).__name__})")
+    return value
+
+
+def _name(data: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> str:
+    value = _field(data, key, str, "a non-empty string", where, default)
+    if not value:
+        raise RPGManifestMismatchError(f"{where}: {key!r} must be a non-empty string")
+    return value
+
+
+def _count(data: dict[str, Any], key: str, where: str) -> int:
+    value = _field(data, key, int, "a non-negative int", where)
+    if value < 0:
+        raise RPGManifestMismatchError(f"{where}: {key!r} must be a non-negative int, got {value}")
+    return value
+
+
+def _finite(data: dict[str, Any], key: str, where: str, default: Any = _MISSING) -> float:
+    value = _field(data, key, (int, float), "a finite number", where, default)
+    if _is_int(value):
+        if abs(value) > 2**53:  # no gain or scale is near this, and float() of a huge int overflows
+            raise RPGManifestMismatchError(f"{where}: {key!r} must be a finite number, got {value}")
+        value = float(value)
+    if not math.isfinite(value):
+        raise RPGManifestMismatchError(f"{where}: {key!r} must be a finite number, got {value}")
+    return value
+
 
 @dataclass(frozen=True)
 class TargetLayout:
@@ -48,22 +105,22 @@ class TargetLayout:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TargetLayout:
-        try:
-            shape = tuple(int(s) for s in data["shape"])
-            target = cls(
-                name=str(data["name"]),
-                shape=shape,
-                ring=str(data["ring"]),
-                offset=int(data["offset"]),
-                gain=float(data["gain"]),
-                kind=str(data.get("kind", "parameter")),
-                tied=tuple(str(t) for t in data.get("tied", ())),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise RPGManifestMismatchError(f"manifest target entry {data!r} is malformed: {err!r}") from None
-        if any(s < 0 for s in shape) or target.offset < 0 or not math.isfinite(target.gain):
-            raise RPGManifestMismatchError(f"manifest target entry {data!r} has a negative size or offset")
-        return target
+        where = _where("target", data)
+        shape = _field(data, "shape", list, "a list of non-negative ints", where)
+        if not all(_is_int(s) and s >= 0 for s in shape):
+            raise RPGManifestMismatchError(f"{where}: 'shape' must be a list of non-negative ints, got {_short(shape)}")
+        tied = data.get("tied", [])
+        if not isinstance(tied, list) or not all(isinstance(t, str) and t for t in tied):
+            raise RPGManifestMismatchError(f"{where}: 'tied' must be a list of parameter names, got {_short(tied)}")
+        return cls(
+            name=_name(data, "name", where),
+            shape=tuple(shape),
+            ring=_name(data, "ring", where),
+            offset=_count(data, "offset", where),
+            gain=_finite(data, "gain", where),
+            kind=_name(data, "kind", where, default="parameter"),
+            tied=tuple(tied),
+        )
 
 
 @dataclass(frozen=True)
@@ -86,18 +143,17 @@ class RingLayout:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RingLayout:
-        try:
-            ring = cls(
-                name=str(data["name"]),
-                size=int(data["size"]),
-                elements=int(data["elements"]),
-                scale=float(data.get("scale", 1.0)),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise RPGManifestMismatchError(f"manifest ring entry {data!r} is malformed: {err!r}") from None
+        where = _where("ring", data)
+        ring = cls(
+            name=_name(data, "name", where),
+            size=_count(data, "size", where),
+            elements=_count(data, "elements", where),
+            scale=_finite(data, "scale", where, default=1.0),
+        )
         if not RING_NAME_PATTERN.fullmatch(ring.name) or not 1 <= ring.size <= ring.elements <= MAX_POSITIONS:
             raise RPGManifestMismatchError(
-                f"manifest ring entry {data!r} is invalid: need a plain name and 1 <= size <= elements <= 2**62"
+                f"{where} is invalid: need a name of 1-64 letters, digits, '_' or '-' and "
+                f"1 <= size <= elements <= 2**62"
             )
         return ring
 
@@ -165,9 +221,11 @@ class Layout:
             or not isinstance(data.get("targets"), list)
         ):
             raise RPGManifestMismatchError("manifest must be an object with lists 'rings' and 'targets'")
+        if not data["rings"] or not data["targets"]:
+            raise RPGManifestMismatchError("manifest must list at least one ring and one target")
         for entry in data["rings"] + data["targets"]:
             if not isinstance(entry, dict):
-                raise RPGManifestMismatchError(f"manifest entry {entry!r} is not an object")
+                raise RPGManifestMismatchError(f"manifest entry {_short(entry)} is not an object")
         rings = [RingLayout.from_dict(r) for r in data["rings"]]
         if len({r.name for r in rings}) != len(rings):
             raise RPGManifestMismatchError("manifest lists a ring name twice")

@@ -1,0 +1,189 @@
+"""``rpg_config.json``: what each field must hold, checked before anything uses it.
+
+A checkpoint can come from anywhere (a Hub repo, a half-copied directory, a newer
+hf_rpg), so every field the loader, ``hf-rpg info`` or the model card reads is checked
+here first and a bad one raises an ``RPGError`` that names it, its value and what is
+valid, never a ``KeyError`` or ``TypeError`` from deep inside the loader. The manifest
+itself is checked by ``Layout.from_dict`` and the config by ``RPGConfig.from_dict``.
+
+The *binding* ties the weights file to the ``rpg_config.json`` it was saved with: the
+SHA-256 of the fields that decide the generated weights (generator, seed, mode, manifest)
+is stored in the safetensors metadata. ``rpg_config.json`` records the SHA-256 of the
+weights file in return, so a mismatched pair is caught whichever file changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from typing import Any
+
+from . import __version__
+from .errors import RPGCheckpointError, RPGGeneratorVersionError
+from .generator import SUPPORTED_GENERATORS
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "generator", "config", "manifest")
+OPTIONAL_KEYS = ("hf_rpg_version", "mode", "base_model", "dof", "files")
+# Without these a checkpoint would silently regenerate other weights: no defaults for them.
+REQUIRED_CONFIG_KEYS = ("seed", "mode")
+BASE_MODEL_KEYS = ("class", "module", "name_or_path", "revision")
+BINDING_KEY = "hf_rpg_binding"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _describe(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_metadata(meta: Any, source: str, *, weights_name: str) -> dict[str, Any]:
+    """Check the parsed content of ``rpg_config.json``; return it unchanged.
+
+    Raises ``RPGGeneratorVersionError`` for a generator this hf_rpg does not implement and
+    ``RPGCheckpointError`` for anything else that is missing or malformed. Unknown
+    top-level keys (a newer hf_rpg may add some) only warn.
+    """
+    if not isinstance(meta, dict):
+        raise RPGCheckpointError(f"{source} must hold a JSON object, got {_describe(meta)}")
+    for key in REQUIRED_KEYS:
+        if key not in meta:
+            raise RPGCheckpointError(f"{source} lacks the field {key!r} (required: {', '.join(REQUIRED_KEYS)})")
+    _check_generator(meta["generator"], source)
+    _check_format_version(meta["format_version"], source)
+    _check_config(meta, source)
+    _check_optional_str(meta, "hf_rpg_version", source)
+    _check_base_model(meta.get("base_model"), source)
+    _check_files(meta.get("files"), source, weights_name)
+    _check_dof(meta.get("dof"), source)
+    unknown = sorted(k for k in meta if k not in REQUIRED_KEYS + OPTIONAL_KEYS)
+    if unknown:
+        warnings.warn(
+            f"{source}: ignoring unknown top-level keys {unknown} (written by a newer hf_rpg?); loading goes on",
+            UserWarning,
+            stacklevel=4,
+        )
+    return meta
+
+
+def _check_generator(generator: Any, source: str) -> None:
+    if not isinstance(generator, str):
+        raise RPGCheckpointError(
+            f"{source}: 'generator' must be a generator name such as {SUPPORTED_GENERATORS[0]!r}, "
+            f"got {_describe(generator)}"
+        )
+    if generator not in SUPPORTED_GENERATORS:
+        raise RPGGeneratorVersionError(
+            f"{source} was written with generator {generator!r}; this hf_rpg {__version__} implements "
+            f"{', '.join(SUPPORTED_GENERATORS)}. Upgrade hf_rpg to load it."
+        )
+
+
+def _check_format_version(version: Any, source: str) -> None:
+    if _is_int(version) and version > FORMAT_VERSION:
+        raise RPGCheckpointError(
+            f"{source} has format_version {version}, written by a newer hf_rpg; this hf_rpg {__version__} reads "
+            f"format {FORMAT_VERSION}. Upgrade hf_rpg to load it."
+        )
+    if not _is_int(version) or version != FORMAT_VERSION:
+        raise RPGCheckpointError(f"{source}: format_version must be the int {FORMAT_VERSION}, got {_describe(version)}")
+
+
+def _check_config(meta: dict[str, Any], source: str) -> None:
+    config = meta["config"]
+    if not isinstance(config, dict):
+        raise RPGCheckpointError(f"{source}: 'config' must be an object (the RPGConfig), got {_describe(config)}")
+    for key in REQUIRED_CONFIG_KEYS:
+        if key not in config:
+            raise RPGCheckpointError(
+                f"{source}: 'config' lacks the field {key!r} (required: {', '.join(REQUIRED_CONFIG_KEYS)}); "
+                "without it the generated weights cannot be rebuilt"
+            )
+    if "mode" in meta and meta["mode"] != config["mode"]:
+        raise RPGCheckpointError(
+            f"{source}: 'mode' is {_describe(meta['mode'])} but 'config' says mode {_describe(config['mode'])}; "
+            "they must agree"
+        )
+
+
+def _check_optional_str(section: dict[str, Any], key: str, where: str) -> None:
+    value = section.get(key)
+    if value is not None and not isinstance(value, str):
+        raise RPGCheckpointError(f"{where}: {key!r} must be a string or null, got {_describe(value)}")
+
+
+def _check_base_model(info: Any, source: str) -> None:
+    if info is None:
+        return
+    if not isinstance(info, dict):
+        raise RPGCheckpointError(
+            f"{source}: 'base_model' must be an object with {', '.join(BASE_MODEL_KEYS)}, got {_describe(info)}"
+        )
+    for key in BASE_MODEL_KEYS:
+        _check_optional_str(info, key, f"{source}: base_model")
+
+
+def _check_files(files: Any, source: str, weights_name: str) -> None:
+    if files is None:
+        return
+    if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+        raise RPGCheckpointError(
+            f"{source}: 'files' must map file names to {{'sha256': ..., 'bytes': ...}} objects, got {_describe(files)}"
+        )
+    entry = files.get(weights_name)
+    if entry is None:
+        return
+    digest = entry.get("sha256")
+    if digest is not None and not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+        raise RPGCheckpointError(
+            f"{source}: files[{weights_name!r}].sha256 must be 64 lowercase hex digits, got {_describe(digest)}"
+        )
+    size = entry.get("bytes")
+    if size is not None and not (_is_int(size) and size >= 0):
+        raise RPGCheckpointError(
+            f"{source}: files[{weights_name!r}].bytes must be a non-negative int, got {_describe(size)}"
+        )
+
+
+def _check_dof(dof: Any, source: str) -> None:
+    """The DoF report is informative (``hf-rpg info``, the model card): numbers only."""
+    if dof is None:
+        return
+    if not isinstance(dof, dict):
+        raise RPGCheckpointError(f"{source}: 'dof' must be an object (the DoF report), got {_describe(dof)}")
+    for key, value in dof.items():
+        if key == "rings":
+            ok = isinstance(value, dict) and all(_is_int(v) for v in value.values())
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise RPGCheckpointError(f"{source}: dof[{key!r}] must be a number, got {_describe(value)}")
+
+
+def binding_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of what decides the generated weights: generator, seed, mode and manifest.
+
+    ``meta`` is the content of ``rpg_config.json`` (or a dict with at least those fields).
+    The JSON is canonical (sorted keys, no spaces), so the digest of the parsed file equals
+    the one computed before writing it: floats are written with ``repr`` and read back
+    exactly.
+    """
+    bound = {
+        "generator": meta["generator"],
+        "seed": meta["config"]["seed"],
+        "mode": meta["config"]["mode"],
+        "manifest": meta["manifest"],
+    }
+    text = json.dumps(bound, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+__all__ = ["BINDING_KEY", "FORMAT_VERSION", "binding_digest", "check_metadata"]

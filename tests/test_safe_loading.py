@@ -1,0 +1,141 @@
+"""Safe loading: nothing is unpickled, no remote code runs, and only the checkpoint's JSON and
+safetensors files are requested from the Hub."""
+
+from __future__ import annotations
+
+import ast
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+import transformers.dynamic_module_utils
+import transformers.models.auto.auto_factory
+from checkpoint_helpers import save_tiny
+from conftest import MODELS, make_bert_cls, model_outputs
+from test_checkpoint import populate_hub_cache
+
+import hf_rpg
+import hf_rpg.hub
+from hf_rpg import RPGCheckpointError, RPGConfig, RPGModel, apply_rpg
+from hf_rpg.hub import CHECKPOINT_FILES
+
+PACKAGE = Path(hf_rpg.__file__).parent
+BATCH = MODELS["bert_mlm"].batch(3)
+UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "joblib", "cloudpickle", "marshal", "shelve"}
+
+
+def _calls(tree: ast.AST, dotted: str) -> list[ast.Call]:
+    """Calls of ``dotted`` (e.g. ``torch.load``) spelled as an attribute chain."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == dotted:
+            found.append(node)
+    return found
+
+
+def _keyword(call: ast.Call, name: str) -> ast.expr | None:
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+@pytest.mark.parametrize("source", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)
+def test_library_source_never_unpickles_or_trusts_remote_code(source):
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert not {a.name.split(".")[0] for a in node.names} & UNSAFE_MODULES, ast.unparse(node)
+        if isinstance(node, ast.ImportFrom) and node.module:
+            assert node.module.split(".")[0] not in UNSAFE_MODULES, ast.unparse(node)
+        if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
+            assert isinstance(node.value, ast.Constant) and node.value.value is False, ast.unparse(node.value)
+        if isinstance(node, ast.keyword) and node.arg == "allow_pickle":
+            assert isinstance(node.value, ast.Constant) and node.value.value is False
+    for call in _calls(tree, "torch.load"):
+        flag = _keyword(call, "weights_only")
+        assert isinstance(flag, ast.Constant) and flag.value is True, f"{source.name}: {ast.unparse(call)}"
+    assert not _calls(tree, "eval") and not _calls(tree, "exec")
+
+
+def test_the_scan_would_catch_an_unsafe_call():
+    """The static test above is only worth something if it fails on bad code."""
+    bad = ast.parse("import torch\ntorch.load(path)\ntorch.load(path, weights_only=False)\n")
+    assert len(_calls(bad, "torch.load")) == 2
+    assert all(_keyword(c, "weights_only") is None or _keyword(c, "weights_only").value is False
+               for c in _calls(bad, "torch.load"))  # fmt: skip
+
+
+@pytest.fixture
+def forbid_unpickling(monkeypatch):
+    """Record (and refuse) every call of the unpickling entry points."""
+    calls = []
+
+    def refuse(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} called while loading an hf_rpg checkpoint")
+
+        return call
+
+    for owner, name in [(pickle, "load"), (pickle, "loads"), (torch, "load")]:
+        monkeypatch.setattr(owner, name, refuse(f"{owner.__name__}.{name}"))
+
+    class RefusingUnpickler(pickle.Unpickler):  # a subclass: lazily imported modules subclass it too
+        def __init__(self, *args, **kwargs):
+            refuse("pickle.Unpickler")()
+
+    monkeypatch.setattr(pickle, "Unpickler", RefusingUnpickler)
+    # Remote code is only ever reached through this function (imported by name in the auto classes).
+    for owner in (transformers.dynamic_module_utils, transformers.models.auto.auto_factory):
+        monkeypatch.setattr(owner, "get_class_from_dynamic_module", refuse("get_class_from_dynamic_module"))
+    return calls
+
+
+def test_local_load_unpickles_nothing_and_runs_no_remote_code(tmp_path, forbid_unpickling):
+    model = save_tiny(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    # A config.json that asks for remote code is read as data: the class comes from rpg_config.json.
+    config["auto_map"] = {"AutoModelForMaskedLM": "evil.EvilModel"}
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    loaded = RPGModel.from_pretrained(tmp_path / "ckpt")
+    assert type(loaded.base_model).__name__ == "BertForMaskedLM"
+    assert torch.equal(model_outputs(loaded, BATCH), model_outputs(model, BATCH))
+    assert forbid_unpickling == []
+
+
+def test_hub_load_requests_only_json_and_safetensors(tmp_path, forbid_unpickling, monkeypatch):
+    model = save_tiny(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "optimizer.pt").write_bytes(b"not for loading")
+    (tmp_path / "ckpt" / "pytorch_model.bin").write_bytes(b"not for loading")
+    populate_hub_cache(tmp_path / "hub", "someone/tiny", tmp_path / "ckpt")
+    requested = []
+    real = hf_rpg.hub.hf_hub_download
+
+    def recording(repo_id, filename, **kwargs):
+        requested.append(filename)
+        return real(repo_id, filename, **kwargs)
+
+    monkeypatch.setattr(hf_rpg.hub, "hf_hub_download", recording)
+    loaded = RPGModel.from_pretrained("someone/tiny", cache_dir=tmp_path / "hub")
+    assert torch.equal(model_outputs(loaded, BATCH), model_outputs(model, BATCH))
+    assert requested and set(requested) <= set(CHECKPOINT_FILES)
+    assert all(name.endswith((".json", ".safetensors")) for name in requested)
+    assert forbid_unpickling == []
+
+
+def test_delta_base_model_is_read_from_safetensors_only(tmp_path, forbid_unpickling):
+    base_dir = tmp_path / "base"
+    make_bert_cls().save_pretrained(base_dir)
+    base = transformers.BertForSequenceClassification.from_pretrained(base_dir)
+    model = apply_rpg(base, RPGConfig(mode="delta", dof=300))
+    model.save_pretrained(tmp_path / "delta")
+    batch = MODELS["bert_cls"].batch(0)
+    assert torch.equal(model_outputs(RPGModel.from_pretrained(tmp_path / "delta"), batch), model_outputs(model, batch))
+    # The same base offered only as a pickle: refused without unpickling it.
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    (base_dir / "model.safetensors").unlink()
+    torch.save(state, base_dir / "pytorch_model.bin")  # pickles (allowed); loading it would unpickle
+    with pytest.raises(RPGCheckpointError, match=r"cannot load the base model .* from safetensors weights"):
+        RPGModel.from_pretrained(tmp_path / "delta")
+    assert forbid_unpickling == []
