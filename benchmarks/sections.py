@@ -355,7 +355,7 @@ def _peft_models(base_builder):
         "LoRA r=8": peft.LoraConfig(task_type=task, r=8, lora_alpha=16, lora_dropout=0.0, target_modules=qv),
         "VeRA r=256": peft.VeraConfig(task_type=task, r=256, target_modules=qv, vera_dropout=0.0),
         "VB-LoRA": peft.VBLoRAConfig(
-            task_type=task, r=4, num_vectors=256, vector_length=256, target_modules=qv, vblora_dropout=0.0
+            task_type=task, r=4, num_vectors=256, vector_length=128, target_modules=qv, vblora_dropout=0.0
         ),
         "UniLoRA": peft.UniLoraConfig(task_type=task, r=8, theta_d_length=LORA_R8_MINILM, target_modules=qv),
         "FourierFT n=1000": peft.FourierFTConfig(task_type=task, n_frequency=1000, target_modules=qv),
