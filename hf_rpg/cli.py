@@ -49,20 +49,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0
-    dof, base, manifest = meta["dof"], meta["base_model"], meta["manifest"]
+    manifest, base, dof = meta["manifest"], meta.get("base_model") or {}, meta.get("dof") or {}
+    # ring sizes and generated elements come from the manifest; the DoF report is optional
+    ring_dof = sum(r["size"] for r in manifest["rings"])
+    generated = sum(r["elements"] for r in manifest["rings"])
+    weights_bytes = files[WEIGHTS_NAME].stat().st_size
     lines = [
         f"checkpoint: {args.checkpoint}",
         f"mode: {meta['config']['mode']}    generator: {meta['generator']}    hf_rpg: {meta.get('hf_rpg_version')}",
-        f"architecture: {base['class']}"
+        f"architecture: {base.get('class') or 'unknown'}"
         + (f"    base model: {base['name_or_path']}" if base.get("name_or_path") else ""),
-        f"ring DoF: {dof['ring_dof']:,} ({dof['ring_fraction']:.2%})    rings: "
-        + ", ".join(f"{r['name']}={r['size']:,}" for r in manifest["rings"]),
-        f"trainable: {dof['trainable']:,}    dense model: {dof['model_parameters']:,} parameters    "
-        f"compression: {dof['compression_ratio']:.1f}x",
-        f"weights file: {files[WEIGHTS_NAME].stat().st_size:,} bytes    "
-        f"dense fp32: {4 * dof['model_parameters']:,} bytes",
-        f"targets: {len(manifest['targets'])} tensors, {dof['generated_elements']:,} generated elements",
+        f"ring DoF: {ring_dof:,}    rings: " + ", ".join(f"{r['name']}={r['size']:,}" for r in manifest["rings"]),
+        f"targets: {len(manifest['targets'])} tensors, {generated:,} generated elements",
+        f"weights file: {weights_bytes:,} bytes",
     ]
+    if {"trainable", "model_parameters", "compression_ratio", "ring_fraction"} <= set(dof):
+        lines[3] += f" ({dof['ring_fraction']:.2%} of the model)"
+        lines += [
+            f"trainable: {dof['trainable']:,}    dense model: {dof['model_parameters']:,} parameters "
+            f"({4 * dof['model_parameters']:,} bytes in fp32)    compression: {dof['compression_ratio']:.1f}x"
+        ]
     if args.targets:
         lines += [f"  {t['name']} {t['shape']} ring={t['ring']} gain={t['gain']:.4g}" for t in manifest["targets"]]
     print("\n".join(lines))

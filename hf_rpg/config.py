@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -63,6 +65,27 @@ def _check_pattern(name: str, value: Any, *, allow_none: bool = True) -> Pattern
     raise RPGConfigError(f"{name} must be {valid}, got {_describe(value)}")
 
 
+def _plain_number(value: Any) -> Any:
+    """NumPy (or other ``numbers``) scalars as Python ints and floats; anything else as is.
+
+    An integral value stays an int and a real one a float, so ``dof=np.int64(1000)`` is a
+    ring size and ``dof=np.float32(0.1)`` a fraction, exactly as their Python twins.
+    """
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, np_bool_types()):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, np_bool_types()):
+        return float(value)
+    return value
+
+
+def np_bool_types() -> tuple[type, ...]:
+    """NumPy's bool scalar type when NumPy is imported (it is not a ``numbers.Integral``)."""
+    numpy = sys.modules.get("numpy")
+    return (numpy.bool_,) if numpy is not None else ()
+
+
 @dataclass
 class RPGConfig:
     """Configuration of a Recurrent Parameter Generator applied to a model.
@@ -76,9 +99,10 @@ class RPGConfig:
         mode: ``"replace"`` generates the targeted weights entirely (the paper);
             ``"delta"`` keeps the pretrained weights frozen and generates an update,
             ``W = W0 + gain * G(ring)``, with the ring starting at zero.
-        init: Replace mode only. ``"random"`` starts the ring at standard normal values;
-            ``"project"`` starts it at the least-squares fit of the model's current
-            weights (compress a pretrained model onto the ring, then train).
+        init: Replace mode only. ``"random"`` starts the ring at normal values on the
+            weights' scale (``scale * N(0, 1)``, from the seed); ``"project"`` starts it at
+            the least-squares fit of the model's current weights (compress a pretrained
+            model onto the ring, then train).
         target_modules: Modules whose ``weight`` is generated. ``None`` targets every
             ``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose*``, ``nn.Embedding`` and
             transformers ``Conv1D`` outside the task head(s). As in PEFT, a string is a
@@ -134,6 +158,8 @@ class RPGConfig:
 
     def validate(self) -> None:
         """Check every field; raise ``RPGConfigError`` naming the first bad one."""
+        for name in ("dof", "seed", "gain"):
+            setattr(self, name, _plain_number(getattr(self, name)))
         self._validate_dof()
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise RPGConfigError(f"seed must be an int in [0, 2**64), got {_describe(self.seed)}")

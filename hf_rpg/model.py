@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import RPGConfig
 from .engine import WeightEngine
-from .errors import RPGManifestMismatchError, RPGStateError
+from .errors import RPGConfigError, RPGManifestMismatchError, RPGStateError
 from .generator import ring_normal_init
 from .layout import Layout, assign_rings, build_layout
 from .parametrize import GeneratedSource, attach, detach, is_generated, original_class
@@ -42,7 +42,7 @@ def apply_rpg(model: nn.Module, config: RPGConfig) -> RPGModel:
             "(call merge_and_unload() first to start again from the generated weights)"
         )
     if not isinstance(config, RPGConfig):
-        raise TypeError(f"config must be an RPGConfig, got {type(config).__name__}")
+        raise RPGConfigError(f"config must be an RPGConfig, got {type(config).__name__}")
     targets = find_targets(model, config)
     rings = assign_rings(targets, config)
     gains = [_gain(target, config, model) for target in targets]

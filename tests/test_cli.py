@@ -26,6 +26,7 @@ def test_info_prints_dof_sizes_generator_targets_and_mode(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mode: replace" in out and "generator: rpg-v1" in out
     assert f"ring DoF: {model.dof_report().ring_dof:,}" in out
+    assert f"compression: {model.dof_report().compression_ratio:.1f}x" in out
     assert "bert.encoder.layer.0.attention.self.query.weight" in out
     assert "architecture: BertForSequenceClassification" in out
 
@@ -59,3 +60,15 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dense" in out and "rpg" in out and "checkpoint" in out
     assert (tmp_path / "rpg" / "rpg_model.safetensors").exists()
+
+
+def test_info_works_without_the_optional_dof_report(tmp_path, capsys):
+    import json
+
+    model, path = _checkpoint(tmp_path)
+    meta = json.loads((path / "rpg_config.json").read_text())
+    del meta["dof"], meta["base_model"]
+    (path / "rpg_config.json").write_text(json.dumps(meta))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"ring DoF: {model.dof_report().ring_dof:,}" in out and "architecture: unknown" in out

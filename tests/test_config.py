@@ -80,3 +80,15 @@ def test_not_json(tmp_path):
     path.write_text("{not json")
     with pytest.raises(RPGConfigError, match="is not valid JSON"):
         RPGConfig.from_json_file(path)
+
+
+def test_numpy_scalars_count_as_their_python_twins():
+    import numpy as np
+
+    config = RPGConfig(dof=np.int64(1000), seed=np.uint64(2**63), gain=np.float32(0.5))
+    assert (config.dof, config.seed, config.gain) == (1000, 2**63, 0.5)
+    assert type(config.dof) is int and type(config.seed) is int and type(config.gain) is float
+    fraction = RPGConfig(dof=np.float64(0.25))
+    assert type(fraction.dof) is float and fraction.dof == 0.25
+    with pytest.raises(RPGConfigError, match="dof must be an int"):
+        RPGConfig(dof=np.bool_(True))

@@ -183,5 +183,7 @@ def test_plain_torch_module_and_generated_weights_cannot_be_assigned():
     assert out.shape == (3, 4)
     with pytest.raises(RPGStateError, match="cannot be assigned"):
         net[0].weight = torch.zeros(16, 8)
-    with pytest.raises(KeyError):
+    with pytest.raises(RPGStateError, match="cannot be assigned"):
         net[0].weight = nn.Parameter(torch.zeros(16, 8))
+    net[0].bias = nn.Parameter(torch.zeros(16))  # other attributes assign as usual
+    assert isinstance(net[0].bias, nn.Parameter)
