@@ -64,14 +64,13 @@ def stored_entries(model: RPGModel) -> dict[str, torch.Tensor]:
     mode, frozen parameters are not stored: they come from the base model.
     """
     bases = model._delta_base_ids()
-    delta = model.rpg_config.mode == "delta"
     entries: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in model.base_model.state_dict(keep_vars=True).items():
         if id(tensor) in seen:
             continue
         seen.add(id(tensor))
-        if isinstance(tensor, nn.Parameter) and (id(tensor) in bases or (delta and not tensor.requires_grad)):
+        if isinstance(tensor, nn.Parameter) and not model.is_stored(tensor, bases):
             continue
         entries[name] = tensor
     return entries

@@ -317,17 +317,23 @@ class RPGModel(nn.Module):
             return set()
         return {id(owners[0].module._parameters[owners[0].attr]) for owners in self._targets}
 
-    def base_weight_names(self) -> set[str]:
-        """Names (``base_model.``-prefixed) of the frozen base weights in delta mode: the
-        pretrained weights under the update and the frozen non-generated parameters. They
-        come from the base model, so ``state_dict()`` and checkpoints leave them out."""
+    def is_stored(self, param: nn.Parameter, delta_bases: set[int] | None = None) -> bool:
+        """Whether a parameter of the base model belongs in checkpoints and ``state_dict()``:
+        all of them in replace mode; in delta mode the trainable ones only (the frozen ones,
+        pretrained weights under the update included, come from the base model)."""
         if self.rpg_config.mode != "delta":
-            return set()
+            return True
+        bases = self._delta_base_ids() if delta_bases is None else delta_bases
+        return param.requires_grad and id(param) not in bases
+
+    def base_weight_names(self) -> set[str]:
+        """Names (``base_model.``-prefixed) of the base model's parameters that are not
+        stored (see ``is_stored``): ``state_dict()`` and checkpoints leave them out."""
         bases = self._delta_base_ids()
         return {
             "base_model." + name
             for name, param in self.base_model.named_parameters(remove_duplicate=False)
-            if id(param) in bases or not param.requires_grad
+            if not self.is_stored(param, bases)
         }
 
     def dof_report(self) -> DoFReport:
@@ -344,7 +350,7 @@ class RPGModel(nn.Module):
                 other_trainable += n
             else:
                 frozen += n
-            if param.requires_grad or self.rpg_config.mode == "replace":
+            if self.is_stored(param, bases):
                 saved += n
         rings = {name: ring.numel() for name, ring in self.rpg_rings.items()}
         ring_dof = sum(rings.values())
