@@ -7,7 +7,8 @@ used ``floor(P/N)`` or ``ceil(P/N)`` times. The sign is a keyed hash of ``q``.
 
 Everything here is integer arithmetic on int64 tensors whose values never exceed 2**63,
 so no operation can overflow: the multiplicative constants are below 2**31 and are only
-ever applied to values below 2**32. The result is therefore bit-identical on every
+ever applied to values below 2**32. (A NumPy uint32 twin, exact for rings of up to 2**32
+positions, builds CPU caches faster.) The result is therefore bit-identical on every
 device, thread count, chunking of the positions, and version of torch. The algorithm
 deliberately uses neither ``torch.randperm``, ``torch.Generator`` nor NumPy's RNG, whose
 streams are not promised to stay the same. The full specification is ``docs/generator.md``;
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 GENERATOR_VERSION = "rpg-v1"
@@ -247,7 +249,8 @@ def build_signed_index(
     """Signed-ring indices of positions ``[start, stop)``, computed chunk by chunk.
 
     This is the compact cache of the default mode: 4 bytes per generated element (int32),
-    never saved, rebuilt from the seed whenever it is needed.
+    never saved, rebuilt from the seed whenever it is needed. On CPU, rings of up to
+    ``2**32`` positions use the NumPy uint32 implementation (same results, about 3x faster).
     """
     _check_total(total)
     _check_ring_size(ring_size, total)
@@ -255,15 +258,104 @@ def build_signed_index(
     if not 0 <= start <= stop <= total:
         raise ValueError(f"need 0 <= start <= stop <= total, got {start}, {stop}, {total}")
     out = torch.empty(stop - start, dtype=signed_index_dtype(ring_size), device=device)
+    if out.device.type == "cpu" and uint32_path_applies(total, ring_size):
+        _build_signed_index_uint32(out.numpy(), start, stop, total, ring_size, key, chunk)
+    else:
+        _build_signed_index_int64(out, start, stop, total, ring_size, key, chunk)
+    return out
+
+
+def _build_signed_index_int64(
+    out: torch.Tensor, start: int, stop: int, total: int, ring_size: int, key: GeneratorKey, chunk: int
+) -> None:
     size = min(chunk, stop - start)
-    x_buffer = torch.empty(size, dtype=torch.int64, device=device)
-    scratch = _Scratch(size, device)
+    x_buffer = torch.empty(size, dtype=torch.int64, device=out.device)
+    scratch = _Scratch(size, out.device)
     for begin in range(start, stop, chunk):
         end = min(begin + chunk, stop)
         x = x_buffer[: end - begin]
         torch.arange(begin, end, out=x)
         out[begin - start : end - start] = _signed_indices_(x, total, ring_size, key, scratch)
-    return out
+
+
+# --------------------------------------------------------------------------------------
+# CPU path on NumPy uint32 arrays. While P <= 2**32 every value of the algorithm fits in
+# 32 bits, and uint32 arithmetic wraps modulo 2**32, which is exactly the "& M32" of the
+# spec: the results are bit-identical to the int64 path (the tests compare both with the
+# reference), with half the memory traffic and SIMD 32-bit multiplies. torch's uint32
+# tensors lack shifts, hence NumPy.
+# --------------------------------------------------------------------------------------
+
+
+def uint32_path_applies(total: int, ring_size: int) -> bool:
+    """Whether the uint32 implementation covers a ring: every position and every signed
+    index (``< 2N``) must fit in 32 (respectively 31) bits."""
+    return total <= 2**32 and 2 * ring_size <= 2**31 - 1
+
+
+def _mix32_u32(x: np.ndarray, scratch: np.ndarray) -> None:
+    np.right_shift(x, _U16, out=scratch)
+    x ^= scratch
+    x *= _U_MULTIPLIER_1
+    np.right_shift(x, _U15, out=scratch)
+    x ^= scratch
+    x *= _U_MULTIPLIER_2
+    np.right_shift(x, _U16, out=scratch)
+    x ^= scratch
+
+
+def _feistel_u32(x: np.ndarray, bits: int, keys: list[np.uint32], low: np.ndarray, high: np.ndarray, tmp) -> None:
+    low_bits = (bits + 1) // 2
+    high_bits = bits - low_bits
+    low_mask, high_mask = np.uint32((1 << low_bits) - 1), np.uint32((1 << high_bits) - 1)
+    for round_key in keys:
+        np.bitwise_and(x, low_mask, out=low)
+        np.right_shift(x, np.uint32(low_bits), out=high)
+        np.bitwise_xor(low, round_key, out=x)
+        _mix32_u32(x, tmp)
+        x &= high_mask
+        x ^= high
+        np.left_shift(low, np.uint32(high_bits), out=low)
+        x |= low
+
+
+def _build_signed_index_uint32(
+    out: np.ndarray, start: int, stop: int, total: int, ring_size: int, key: GeneratorKey, chunk: int
+) -> None:
+    keys = [np.uint32(k) for k in key.round_keys]
+    sign_key, n = np.uint32(key.sign_key), np.uint32(ring_size)
+    bits = domain_bits(total)
+    size = min(chunk, stop - start)
+    x_all, low_all, high_all, tmp_all = (np.empty(size, dtype=np.uint32) for _ in range(4))
+    for begin in range(start, stop, chunk):
+        end = min(begin + chunk, stop)
+        m = end - begin
+        x, low, high, tmp = x_all[:m], low_all[:m], high_all[:m], tmp_all[:m]
+        x[:] = np.arange(begin, end, dtype=np.uint64)  # begin/end may exceed uint32 by one
+        if total > 1:
+            _feistel_u32(x, bits, keys, low, high, tmp)
+            pending = np.flatnonzero(x >= total)
+            while pending.size:  # cycle-walking, on the few values outside [0, P)
+                walked = x[pending]
+                buffers = (np.empty_like(walked) for _ in range(3))
+                _feistel_u32(walked, bits, keys, *buffers)
+                x[pending] = walked
+                pending = pending[walked >= total]
+        else:
+            x[:] = 0
+        # sign: with q < 2**32, q >> 32 is 0, so the outer mix32 takes the inner hash alone
+        np.bitwise_xor(x, sign_key, out=low)
+        _mix32_u32(low, tmp)
+        _mix32_u32(low, tmp)
+        low >>= _U31
+        np.remainder(x, n, out=high)
+        low *= n
+        high += low
+        out[begin - start : end - start] = high.view(np.int32)
+
+
+_U15, _U16, _U31 = np.uint32(15), np.uint32(16), np.uint32(31)
+_U_MULTIPLIER_1, _U_MULTIPLIER_2 = np.uint32(MIX_MULTIPLIER_1), np.uint32(MIX_MULTIPLIER_2)
 
 
 def ring_normal_init(ring_size: int, key: GeneratorKey) -> torch.Tensor:

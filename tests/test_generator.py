@@ -150,7 +150,7 @@ def test_generator_uses_no_library_rng(monkeypatch):
     tree = ast.parse(inspect.getsource(G))
     identifiers = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
     identifiers |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
-    assert not identifiers & {"randperm", "Generator", "random", "manual_seed", "rand", "randn", "numpy", "np"}
+    assert not identifiers & {"randperm", "Generator", "random", "manual_seed", "rand", "randn", "default_rng"}
 
 
 def test_global_rng_state_is_untouched():
@@ -168,3 +168,31 @@ def test_invalid_arguments():
         permute(torch.arange(3), 0, key)
     with pytest.raises(ValueError, match="ring_size"):
         signed_indices(torch.arange(3), 10, 11, key)
+
+
+@pytest.mark.parametrize(
+    ("total", "size", "start", "stop"),
+    [
+        (1, 1, 0, 1),
+        (2, 1, 0, 2),
+        (17, 5, 3, 17),
+        (10007, 333, 0, 10007),
+        (65536, 65536, 100, 60000),
+        (300_001, 7, 0, 300_001),
+    ],
+)
+def test_uint32_and_int64_paths_are_bit_identical(total, size, start, stop):
+    key = derive_key(21, "default")
+    assert G.uint32_path_applies(total, size)
+    fast = build_signed_index(total, size, key, start=start, stop=stop, chunk=4096)  # CPU: the uint32 path
+    portable = torch.empty(stop - start, dtype=torch.int32)
+    G._build_signed_index_int64(portable, start, stop, total, size, key, 4096)  # the path CUDA takes
+    assert torch.equal(fast, portable)
+    sample = range(start, stop, max(1, (stop - start) // 97))
+    assert [int(fast[p - start]) for p in sample] == [reference_signed_index(p, total, size, key) for p in sample]
+
+
+def test_the_uint32_path_stops_where_32_bits_stop():
+    assert G.uint32_path_applies(2**32, 1000)
+    assert not G.uint32_path_applies(2**32 + 1, 1000)
+    assert not G.uint32_path_applies(2**33, 2**30)
