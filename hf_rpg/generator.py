@@ -231,6 +231,10 @@ def signed_indices(positions: torch.Tensor, total: int, ring_size: int, key: Gen
     """
     _check_total(total)
     _check_ring_size(ring_size, total)
+    if positions.device.type == "cpu" and uint32_path_applies(total, ring_size) and positions.numel():
+        if int(positions.min()) < 0 or int(positions.max()) >= total:
+            raise ValueError(f"positions must be in [0, total={total})")
+        return _signed_indices_uint32(positions, total, ring_size, key)
     x = positions.to(torch.int64, copy=True).flatten()
     _signed_indices_(x, total, ring_size, key, _Scratch(x.numel(), x.device))
     return x.view(positions.shape).to(signed_index_dtype(ring_size))
@@ -319,39 +323,53 @@ def _feistel_u32(x: np.ndarray, bits: int, keys: list[np.uint32], low: np.ndarra
         x |= low
 
 
+def _signed_indices_u32_(
+    x: np.ndarray, total: int, ring_size: int, key: GeneratorKey, low: np.ndarray, high: np.ndarray, tmp: np.ndarray
+) -> np.ndarray:
+    """Turn the uint32 positions ``x`` into signed-ring indices (returned in ``high``)."""
+    if total > 1:
+        keys = [np.uint32(k) for k in key.round_keys]
+        bits = domain_bits(total)
+        _feistel_u32(x, bits, keys, low, high, tmp)
+        pending = np.flatnonzero(x >= total)
+        while pending.size:  # cycle-walking, on the few values outside [0, P)
+            walked = x[pending]
+            _feistel_u32(walked, bits, keys, *(np.empty_like(walked) for _ in range(3)))
+            x[pending] = walked
+            pending = pending[walked >= total]
+    else:
+        x[:] = 0
+    # sign: with q < 2**32, q >> 32 is 0, so the outer mix32 takes the inner hash alone
+    np.bitwise_xor(x, np.uint32(key.sign_key), out=low)
+    _mix32_u32(low, tmp)
+    _mix32_u32(low, tmp)
+    low >>= _U31
+    n = np.uint32(ring_size)
+    np.remainder(x, n, out=high)
+    low *= n
+    high += low
+    return high
+
+
 def _build_signed_index_uint32(
     out: np.ndarray, start: int, stop: int, total: int, ring_size: int, key: GeneratorKey, chunk: int
 ) -> None:
-    keys = [np.uint32(k) for k in key.round_keys]
-    sign_key, n = np.uint32(key.sign_key), np.uint32(ring_size)
-    bits = domain_bits(total)
     size = min(chunk, stop - start)
     x_all, low_all, high_all, tmp_all = (np.empty(size, dtype=np.uint32) for _ in range(4))
     for begin in range(start, stop, chunk):
         end = min(begin + chunk, stop)
         m = end - begin
-        x, low, high, tmp = x_all[:m], low_all[:m], high_all[:m], tmp_all[:m]
-        x[:] = np.arange(begin, end, dtype=np.uint64)  # begin/end may exceed uint32 by one
-        if total > 1:
-            _feistel_u32(x, bits, keys, low, high, tmp)
-            pending = np.flatnonzero(x >= total)
-            while pending.size:  # cycle-walking, on the few values outside [0, P)
-                walked = x[pending]
-                buffers = (np.empty_like(walked) for _ in range(3))
-                _feistel_u32(walked, bits, keys, *buffers)
-                x[pending] = walked
-                pending = pending[walked >= total]
-        else:
-            x[:] = 0
-        # sign: with q < 2**32, q >> 32 is 0, so the outer mix32 takes the inner hash alone
-        np.bitwise_xor(x, sign_key, out=low)
-        _mix32_u32(low, tmp)
-        _mix32_u32(low, tmp)
-        low >>= _U31
-        np.remainder(x, n, out=high)
-        low *= n
-        high += low
-        out[begin - start : end - start] = high.view(np.int32)
+        x = x_all[:m]
+        x[:] = np.arange(begin, end, dtype=np.uint64)  # end itself may be 2**32
+        index = _signed_indices_u32_(x, total, ring_size, key, low_all[:m], high_all[:m], tmp_all[:m])
+        out[begin - start : end - start] = index.view(np.int32)
+
+
+def _signed_indices_uint32(positions: torch.Tensor, total: int, ring_size: int, key: GeneratorKey) -> torch.Tensor:
+    """``signed_indices`` of arbitrary CPU positions on the uint32 path."""
+    x = positions.reshape(-1).numpy().astype(np.uint32)
+    index = _signed_indices_u32_(x, total, ring_size, key, *(np.empty_like(x) for _ in range(3)))
+    return torch.from_numpy(index.view(np.int32)).view(positions.shape)
 
 
 _U15, _U16, _U31 = np.uint32(15), np.uint32(16), np.uint32(31)

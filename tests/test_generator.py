@@ -190,6 +190,11 @@ def test_uint32_and_int64_paths_are_bit_identical(total, size, start, stop):
     assert torch.equal(fast, portable)
     sample = range(start, stop, max(1, (stop - start) // 97))
     assert [int(fast[p - start]) for p in sample] == [reference_signed_index(p, total, size, key) for p in sample]
+    # arbitrary positions (row-wise embeddings, on-the-fly indices) take the same two paths
+    positions = torch.randint(start, stop, (2, 500), generator=torch.Generator().manual_seed(0))
+    x = positions.flatten().clone()
+    G._signed_indices_(x, total, size, key, G._Scratch(x.numel(), "cpu"))
+    assert torch.equal(signed_indices(positions, total, size, key).long(), x.view(2, 500))
 
 
 def test_the_uint32_path_stops_where_32_bits_stop():
