@@ -15,6 +15,9 @@ When generation happens:
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -55,6 +58,38 @@ def buffer_is_free(buffer: torch.Tensor) -> bool:
     return _ALONE_REFS is not None and _storage_refs(buffer) <= _ALONE_REFS
 
 
+# torch runs index_select and index_add_ on one CPU thread; above this many elements the
+# gather and the scatter are split in chunks over torch.get_num_threads() Python threads
+# (torch releases the GIL inside its kernels).
+PARALLEL_CHUNK = 1 << 18
+_pool: ThreadPoolExecutor | None = None
+
+
+def _workers(device: torch.device, elements: int) -> int:
+    if device.type != "cpu":
+        return 1  # GPU kernels are parallel already
+    return max(1, min(torch.get_num_threads(), elements // PARALLEL_CHUNK))
+
+
+def _run(workers: int, jobs: list[Callable[[], None]]) -> None:
+    """Run ``jobs`` on ``workers`` threads (in the calling thread when ``workers`` is 1)."""
+    global _pool
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            job()
+        return
+    if _pool is None or _pool._max_workers < workers:
+        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf_rpg")
+    for future in [_pool.submit(job) for job in jobs]:
+        future.result()
+
+
+def _chunks(length: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` near-equal (start, length) spans of ``range(length)``."""
+    bounds = [length * i // parts for i in range(parts + 1)]
+    return [(a, b - a) for a, b in itertools.pairwise(bounds) if b > a]
+
+
 class _GenerateFromRing(torch.autograd.Function):
     """``W_t = gain_t * [ring, -ring][index_t]`` (+ ``base_t``) for several targets of one ring.
 
@@ -63,6 +98,8 @@ class _GenerateFromRing(torch.autograd.Function):
     int32 cache, or recomputed from the seed), so nothing per-element is saved for backward.
     With ``out`` (a flat buffer, one slice per request) the weights are written into it
     instead of fresh memory: first-touching fresh pages costs as much as the gather itself.
+    On CPU with several torch threads the gather and the scatter run in parallel chunks;
+    the weights are the same bit for bit, the ring gradient is summed per thread.
     """
 
     @staticmethod
@@ -75,7 +112,9 @@ class _GenerateFromRing(torch.autograd.Function):
         out: torch.Tensor | None,
     ):
         signed = torch.cat((ring, ring.neg()))
-        outputs = []
+        total = sum(r.target.numel for r in requests)
+        workers = _workers(ring.device, total)
+        outputs, jobs = [], []
         position = 0
         for request in requests:
             target = request.target
@@ -83,17 +122,15 @@ class _GenerateFromRing(torch.autograd.Function):
             if out is not None:
                 values = out.narrow(0, position, target.numel)
                 position += target.numel
-                torch.index_select(signed, 0, index, out=values)
             else:
-                values = torch.index_select(signed, 0, index)
-            values.mul_(target.gain)
-            weight = values.view(target.shape)
-            if request.base is not None:
-                if request.base.dtype == weight.dtype:
-                    weight.add_(request.base)
-                else:
-                    weight = request.base + weight.to(request.base.dtype)
-            outputs.append(weight)
+                values = torch.empty(target.numel, dtype=signed.dtype, device=signed.device)
+            base = request.base.reshape(-1) if request.base is not None else None
+            if base is not None and base.dtype != values.dtype:
+                base = base.to(values.dtype)
+            for start, length in _chunks(target.numel, max(1, workers * target.numel // total)):
+                jobs.append(_gather_job(signed, index, values, start, length, target.gain, base))
+            outputs.append(values.view(target.shape))
+        _run(workers, jobs)
         ctx.engine, ctx.ring_name, ctx.requests = engine, ring_name, requests
         ctx.ring_size = ring.shape[0]
         ctx.set_materialize_grads(False)
@@ -102,17 +139,52 @@ class _GenerateFromRing(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None):
         n = ctx.ring_size
-        grad_signed = None
-        for request, grad in zip(ctx.requests, grads, strict=True):
-            if grad is None:
-                continue
-            if grad_signed is None:
-                grad_signed = grad.new_zeros(2 * n)
-            index = ctx.engine.indices(ctx.ring_name, request.target, grad.device)
-            grad_signed.index_add_(0, index, grad.reshape(-1).to(grad_signed.dtype), alpha=request.target.gain)
-        if grad_signed is None:
+        work = [(r, g) for r, g in zip(ctx.requests, grads, strict=True) if g is not None]
+        if not work:
             return None, None, None, None, None
+        device, dtype = work[0][1].device, work[0][1].dtype
+        total = sum(r.target.numel for r, _ in work)
+        workers = _workers(device, total)
+        spans = []  # (index, grad, gain) pieces, dealt to the workers round-robin
+        for request, grad in work:
+            index = ctx.engine.indices(ctx.ring_name, request.target, device)
+            flat = grad.reshape(-1)
+            for start, length in _chunks(flat.numel(), max(1, workers * flat.numel() // total)):
+                spans.append((index.narrow(0, start, length), flat.narrow(0, start, length), request.target.gain))
+        partials = [torch.zeros(2 * n, dtype=dtype, device=device) for _ in range(min(workers, len(spans)))]
+        jobs = [_scatter_job(partial, spans[i :: len(partials)]) for i, partial in enumerate(partials)]
+        _run(len(partials), jobs)
+        grad_signed = partials[0]
+        for partial in partials[1:]:
+            grad_signed += partial
         return grad_signed[:n] - grad_signed[n:], None, None, None, None
+
+
+def _gather_job(
+    signed: torch.Tensor,
+    index: torch.Tensor,
+    values: torch.Tensor,
+    start: int,
+    length: int,
+    gain: float,
+    base: torch.Tensor | None,
+) -> Callable[[], None]:
+    def job() -> None:
+        piece = values.narrow(0, start, length)
+        torch.index_select(signed, 0, index.narrow(0, start, length), out=piece)
+        piece.mul_(gain)
+        if base is not None:
+            piece.add_(base.narrow(0, start, length))
+
+    return job
+
+
+def _scatter_job(grad_signed: torch.Tensor, spans: list[tuple[torch.Tensor, torch.Tensor, float]]):
+    def job() -> None:
+        for index, grad, gain in spans:
+            grad_signed.index_add_(0, index, grad.to(grad_signed.dtype), alpha=gain)
+
+    return job
 
 
 class WeightEngine:

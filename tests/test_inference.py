@@ -129,3 +129,29 @@ def test_training_buffers_are_reused_only_when_no_graph_holds_them(monkeypatch):
     del first, second
     model(**batch).logits.sum().backward()
     assert model._engine._buffers["default"] is buffer
+
+
+def test_parallel_gather_and_scatter_on_several_threads(monkeypatch):
+    torch.manual_seed(0)
+    model = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.2, mode="delta"))
+    with torch.no_grad():
+        model.rpg_rings["default"].normal_()
+    batch = {"input_ids": _batch()["input_ids"], "labels": _batch()["input_ids"]}
+    model.train()
+    model(**batch).loss.backward()
+    serial_weights = {name: w.detach().clone() for name, w in model.generated_weights()}
+    serial_grad = model.rpg_rings["default"].grad.clone()
+    model.rpg_rings["default"].grad = None
+
+    monkeypatch.setattr(hf_rpg.engine, "PARALLEL_CHUNK", 512)  # small enough to split this tiny model
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert hf_rpg.engine._workers(torch.device("cpu"), 10_000) == 2
+        model(**batch).loss.backward()
+        parallel_weights = {name: w.detach().clone() for name, w in model.generated_weights()}
+    finally:
+        torch.set_num_threads(threads)
+    for name, weight in serial_weights.items():
+        assert torch.equal(parallel_weights[name], weight), name  # gathers are exact
+    torch.testing.assert_close(model.rpg_rings["default"].grad, serial_grad, rtol=1e-5, atol=1e-7)
