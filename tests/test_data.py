@@ -133,3 +133,42 @@ def test_minilm_path(monkeypatch, tmp_path):
     assert data.minilm_path(tmp_path) == str(tmp_path)
     monkeypatch.setenv(data.MINILM_ENV, "some/where")
     assert data.minilm_path() == "some/where"
+
+
+def test_hub_fallback_when_no_local_copy(monkeypatch, tmp_path):
+    """Without an argument, variable or default copy the loaders ask the Hub, by its names."""
+    import datasets
+    from PIL import Image
+
+    monkeypatch.delenv(data.RT_POLARITY_ENV, raising=False)
+    monkeypatch.delenv(data.FASHION_MNIST_ENV, raising=False)
+    monkeypatch.setattr(data, "RT_POLARITY_DEFAULT", tmp_path / "absent")
+    monkeypatch.setattr(data, "FASHION_MNIST_DEFAULT", tmp_path / "absent")
+    asked = []
+
+    def fake_hub(name):
+        asked.append(name)
+        if name == data.RT_POLARITY_HUB:
+            labels = datasets.ClassLabel(names=["neg", "pos"])
+            features = datasets.Features({"text": datasets.Value("string"), "label": labels})
+            split = datasets.Dataset.from_dict({"text": ["good .", "bad ."], "label": [1, 0]}, features=features)
+            return datasets.DatasetDict(train=split, validation=split, test=split)
+        images = [Image.fromarray(np.full((28, 28), i, dtype=np.uint8)) for i in (0, 255)]
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+        split = datasets.Dataset.from_dict({"image": images, "label": [0, 1]}, features=features)
+        return datasets.DatasetDict(train=split, test=split)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_hub)
+    rt = data.load_rt_polarity()
+    assert (len(rt["train"]), len(rt["test"])) == (4, 2)  # the Hub's train + validation, and its test
+    fm = data.load_fashion_mnist()
+    x, y = data.image_tensors(fm["train"])
+    assert x.shape == (2, 1, 28, 28) and x[0].max() == -1 and x[1].min() == 1 and y.tolist() == [0, 1]
+    assert asked == [data.RT_POLARITY_HUB, data.FASHION_MNIST_HUB]
+
+    def offline(name):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(FileNotFoundError, match=data.RT_POLARITY_ENV):
+        data.load_rt_polarity()
