@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: see hf_rpg.data)")
     p.add_argument("--model", choices=("resnet", "vit"), default="resnet")
     p.add_argument("--dof", type=parse_dof, default=0.25, help="ring size (int) or fraction of the weights (float)")
-    p.add_argument("--mode", choices=("replace", "delta"), default="replace", help="delta: frozen random init + update")
+    # From scratch there is no pretrained base for delta mode (see finetune_text_classification.py).
+    p.add_argument("--mode", choices=("replace",), default="replace", help="RPG mode (replace: the paper's)")
     p.add_argument("--compare-dense", action="store_true", help="also train the dense model with the same recipe")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
