@@ -16,6 +16,11 @@ def _verdict(value: float, goal: float) -> str:
     return f"missed by {100 * (value / goal - 1):.1f}% (goal <= {goal:g})"
 
 
+def _spread(row: dict) -> str:
+    ratios = row.get("ratios") or [row["ratio"]]
+    return f"{min(ratios):.3f}-{max(ratios):.3f} ({len(ratios)})"
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -33,7 +38,17 @@ def _machine(m: dict) -> str:
 
 def _step(rows: list[dict]) -> str:
     table = _table(
-        ["workload", "RPG config", "generated", "trainable", "dense ms", "RPG ms", "ratio", "goal"],
+        [
+            "workload",
+            "RPG config",
+            "generated",
+            "trainable",
+            "dense ms",
+            "RPG ms",
+            "ratio",
+            "range (processes)",
+            "goal",
+        ],
         [
             [
                 r["workload"],
@@ -43,6 +58,7 @@ def _step(rows: list[dict]) -> str:
                 f"{r['dense_ms']:.0f}",
                 f"{r['rpg_ms']:.0f}",
                 f"{r['ratio']:.3f}",
+                _spread(r),
                 _verdict(r["ratio"], GOALS["step_ratio"]),
             ]
             for r in rows
@@ -50,7 +66,9 @@ def _step(rows: list[dict]) -> str:
     )
     return (
         "## 1. Train-step time, RPG / dense\n\nForward, backward and AdamW on the same model and batch, "
-        "dense and RPG (same initialisation) timed alternately; medians.\n\n" + table
+        "dense and RPG (same initialisation) timed alternately in one process (median of 7 steps after "
+        "warm-up); each case in several fresh processes, the table shows the process with the median ratio "
+        "and the range over processes (timings move by 10-20% between processes on this shared machine).\n\n" + table
     )
 
 
@@ -157,12 +175,21 @@ def _peers(rows: list[dict]) -> str:
     if "ratio" not in rows[0]:
         return "## 7. Peers\n\n" + rows[0]["method"]
     table = _table(
-        ["method", "step ms", "ratio to frozen base", "trainable", "adapter bytes", "buffer bytes added"],
+        [
+            "method",
+            "step ms",
+            "ratio to frozen base",
+            "range (processes)",
+            "trainable",
+            "adapter bytes",
+            "buffer bytes added",
+        ],
         [
             [
                 r["method"],
                 f"{r['step_ms']:.0f}",
                 f"{r['ratio']:.3f}",
+                _spread(r),
                 f"{r['trainable']:,}",
                 f"{r['adapter_bytes']:,}" if "adapter_bytes" in r else "-",
                 f"{r['buffer_bytes']:,}" if "buffer_bytes" in r else "-",

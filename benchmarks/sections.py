@@ -33,44 +33,71 @@ LORA_R8_MINILM = 73_728  # LoRA r=8 on query and value of MiniLM: 6 layers x 2 x
 # ------------------------------------------------------------------------------ 1. step time
 
 
+STEP_CASES = {
+    "vit": (vit_workload, {"dof": 0.1}),
+    "resnet18": (resnet18_workload, {"dof": 0.1}),
+    "bert-mini": (bert_mini_workload, {"dof": 0.1}),
+    "minilm-delta": (minilm_workload, {"mode": "delta", "dof": LORA_R8_MINILM}),
+}
+
+
+def step_case(name: str, repeats: int) -> dict:
+    """One process's measurement of a step-time case (run by ``worker.py``)."""
+    make, options = STEP_CASES[name]
+    workload = make()
+    config = RPGConfig(**options)
+    dense, base = fresh_pair(workload)
+    rpg = apply_rpg(base, config)
+    batch = workload.batch()
+    times = interleaved_medians(
+        {"dense": train_step_fn(dense, batch), "rpg": train_step_fn(rpg, batch)}, repeats=repeats
+    )
+    report = rpg.dof_report()
+    return {
+        "workload": workload.description,
+        "config": f"{config.mode}, dof={config.dof}",
+        "generated": report.generated_elements,
+        "trainable": report.trainable,
+        "dense_ms": 1e3 * times["dense"]["median"],
+        "rpg_ms": 1e3 * times["rpg"]["median"],
+        "ratio": times["rpg"]["median"] / times["dense"]["median"],
+    }
+
+
 def step_time(quick: bool) -> list[dict]:
-    """Train-step time of RPG vs the same dense model on the same batch."""
-    repeats = 5 if quick else 7
-    cases = [
-        (vit_workload(), RPGConfig(dof=0.1)),
-        (resnet18_workload(), RPGConfig(dof=0.1)),
-        (bert_mini_workload(), RPGConfig(dof=0.1)),
-        (minilm_workload(), RPGConfig(mode="delta", dof=LORA_R8_MINILM)),
-    ]
+    """Train-step time of RPG vs the same dense model on the same batch, measured in
+    ``processes`` fresh processes (timings vary from process to process on a shared
+    machine): the median process and the range of the ratio."""
+    processes, repeats = (1, 5) if quick else (3, 7)
     rows = []
-    for workload, config in cases:
-        dense, base = fresh_pair(workload)
-        rpg = apply_rpg(base, config)
-        batch = workload.batch()
-        times = interleaved_medians(
-            {"dense": train_step_fn(dense, batch), "rpg": train_step_fn(rpg, batch)}, repeats=repeats
-        )
-        report = rpg.dof_report()
-        rows.append(
-            {
-                "workload": workload.description,
-                "config": f"{config.mode}, dof={config.dof}",
-                "generated": report.generated_elements,
-                "trainable": report.trainable,
-                "dense_ms": 1e3 * times["dense"]["median"],
-                "rpg_ms": 1e3 * times["rpg"]["median"],
-                "ratio": times["rpg"]["median"] / times["dense"]["median"],
-            }
-        )
-        release(dense, rpg)
+    for name in STEP_CASES:
+        runs = [run_worker("step", name, repeats) for _ in range(processes)]
+        rows.append(summarise(runs))
     return rows
+
+
+def run_worker(section: str, case: str, repeats: int) -> dict | list:
+    """Run one measurement in a fresh Python process and return its JSON result."""
+    command = [sys.executable, str(Path(__file__).with_name("worker.py")), section, case, str(repeats)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"benchmark worker {section}/{case} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def summarise(runs: list[dict]) -> dict:
+    """The run with the median ratio, plus the ratios of all runs."""
+    ordered = sorted(runs, key=lambda r: r["ratio"])
+    middle = dict(ordered[len(ordered) // 2])
+    middle["ratios"] = [r["ratio"] for r in runs]
+    return middle
 
 
 # ------------------------------------------------------------------------------ 2. memory
 
 
 MEMORY_PROBE = """
-import json, resource, sys, torch
+import json, sys, torch
 sys.path.insert(0, {root!r})
 from benchmarks.common import {workload}, train_step_fn
 from hf_rpg import RPGConfig, apply_rpg
@@ -81,12 +108,19 @@ model = w.build()
 if {rpg!r}:
     model = apply_rpg(model, RPGConfig(dof=0.1))
 batch = w.batch()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def high_water_kib():
+    # VmHWM belongs to this process's memory map; ru_maxrss would include the parent's
+    # peak, which Linux carries over fork and exec.
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+before = high_water_kib()
 step = train_step_fn(model, batch)
 for _ in range(2):
     step()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"before_kib": before, "peak_kib": after}}))
+print(json.dumps({{"before_kib": before, "peak_kib": high_water_kib()}}))
 """
 
 
@@ -378,11 +412,21 @@ def _adapter_bytes(save) -> int:
 
 
 def peers(quick: bool) -> list[dict]:
-    """MiniLM fine-tuning: hf_rpg delta vs PEFT methods, step time relative to the frozen base."""
+    """MiniLM fine-tuning: hf_rpg delta vs PEFT methods, step time relative to the frozen
+    base; each method's median over ``processes`` fresh processes, with the range."""
     try:
-        import peft
+        import peft  # noqa: F401
     except ModuleNotFoundError:
         return [{"method": "PEFT not installed (pip install -e .[bench])"}]
+    processes, repeats = (1, 5) if quick else (3, 7)
+    runs = [run_worker("peers", "all", repeats) for _ in range(processes)]
+    return [summarise([run[i] for run in runs]) for i in range(len(runs[0]))]
+
+
+def peers_once(repeats: int) -> list[dict]:
+    """One process's measurement of every peer (run by ``worker.py``)."""
+    import peft
+
     w = minilm_workload()
     batch = w.batch()
     torch.manual_seed(0)
@@ -410,7 +454,7 @@ def peers(quick: bool) -> list[dict]:
             "adapter_bytes": _adapter_bytes(model.save_pretrained),
             "buffer_bytes": engine.index_cache_bytes() + tensor_bytes(engine._buffers.values()),
         }
-    times = interleaved_medians(steps, repeats=5 if quick else 7)
+    times = interleaved_medians(steps, repeats=repeats)
     base = times["frozen base"]["median"]
     rows = []
     for name, data in info.items():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +104,13 @@ def _base_model_info(model: RPGModel) -> dict[str, Any]:
     name_or_path = model.rpg_config.base_model_name_or_path
     if name_or_path is None:
         name_or_path = getattr(getattr(base, "config", None), "_name_or_path", None) or None
+    if name_or_path is None and model.rpg_config.mode == "delta":
+        warnings.warn(
+            "this delta model records no base model (it was not loaded with from_pretrained and "
+            "RPGConfig.base_model_name_or_path is None): its checkpoint stores only the update, so loading "
+            "it will need from_pretrained(path, base_model=<the same base model>)",
+            stacklevel=3,
+        )
     return {
         "class": cls.__name__,
         "module": cls.__module__,
@@ -291,6 +299,13 @@ def _model_class(meta: dict[str, Any]) -> type:
     return cls
 
 
+def _read_model_config(cls: type, path: Path) -> Any:
+    try:
+        return cls.config_class.from_json_file(str(path))
+    except Exception as err:  # a malformed config.json fails anywhere inside transformers
+        raise RPGCheckpointError(f"cannot build {cls.__name__} from {path}: {err!r}") from err
+
+
 def _build_base_model(
     meta: dict[str, Any], config: RPGConfig, model_config_path: Path | None, hub_kwargs: dict[str, Any]
 ) -> nn.Module:
@@ -304,10 +319,13 @@ def _build_base_model(
                 "pass base_model=<the pretrained model> to from_pretrained"
             )
         revision = info.get("revision")
+        # The saved config.json, not the base's: a fine-tuned head may differ from the base's
+        # (num_labels, id2label).
+        extra = {"config": _read_model_config(cls, model_config_path)} if model_config_path is not None else {}
         try:
             # safetensors only and no remote code: a checkpoint never makes hf_rpg unpickle or run code.
             return cls.from_pretrained(
-                reference, revision=revision, use_safetensors=True, trust_remote_code=False, **hub_kwargs
+                reference, revision=revision, use_safetensors=True, trust_remote_code=False, **extra, **hub_kwargs
             )
         except Exception as err:  # transformers and huggingface_hub raise many types (OSError, ValueError...)
             raise RPGCheckpointError(
@@ -318,8 +336,8 @@ def _build_base_model(
         raise RPGCheckpointError(f"the checkpoint has no {MODEL_CONFIG_NAME}; pass base_model=<the architecture>")
     from transformers.initialization import no_init_weights
 
+    model_config = _read_model_config(cls, model_config_path)
     try:
-        model_config = cls.config_class.from_json_file(str(model_config_path))
         with no_init_weights():  # every weight is loaded or generated: skip the random init
             model = cls._from_config(model_config)
         if hasattr(model, "tie_weights"):

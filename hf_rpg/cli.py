@@ -97,6 +97,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``hf-rpg`` and its four subcommands."""
     parser = argparse.ArgumentParser(prog="hf-rpg", description="Recurrent Parameter Generators for HF models.")
     parser.add_argument("--version", action="version", version=f"hf_rpg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -269,13 +269,16 @@ class RPGConfig:
         return config
 
     def to_json_string(self) -> str:
+        """The config as indented JSON text."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
 
     def to_json_file(self, path: str | Path) -> None:
+        """Write ``to_json_string()`` to ``path``."""
         Path(path).write_text(self.to_json_string(), encoding="utf-8")
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> RPGConfig:
+        """Read a config written by ``to_json_file`` (unknown keys warn, bad values raise)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

@@ -26,6 +26,8 @@ DIGITS_TEST_SIZE = 360
 
 @dataclass
 class DigitsData:
+    """Train and test tensors of the digits split (images N x 1 x H x W, labels N)."""
+
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
@@ -106,6 +108,7 @@ def train_classifier(
 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, data: DigitsData) -> float:
+    """Test accuracy of an image classifier, in eval mode and without grad."""
     model.eval()
     logits = model(pixel_values=data.test_x).logits
     return (logits.argmax(-1) == data.test_y).float().mean().item()
@@ -113,6 +116,8 @@ def evaluate_classifier(model: nn.Module, data: DigitsData) -> float:
 
 @dataclass
 class DemoResult:
+    """What ``run_digits_demo`` measured: accuracies, DoF report, checkpoint bytes, seconds."""
+
     model: str
     dof: float | int
     dense_accuracy: float
@@ -124,6 +129,7 @@ class DemoResult:
     rpg_seconds: float
 
     def table(self) -> str:
+        """The side-by-side table ``hf-rpg demo`` prints."""
         r = self.report
         return "\n".join(
             [

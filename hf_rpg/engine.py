@@ -268,6 +268,7 @@ class WeightEngine:
     # ------------------------------------------------------------------ generation
 
     def ring(self, name: str) -> torch.Tensor:
+        """The ring Parameter ``name``, looked up on the root model at each use."""
         return self.root.rpg_rings[name]
 
     def _base(self, target_id: int) -> torch.Tensor | None:

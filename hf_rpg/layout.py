@@ -88,9 +88,11 @@ class TargetLayout:
 
     @property
     def numel(self) -> int:
+        """Number of elements (the product of the shape)."""
         return math.prod(self.shape)
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest entry as a JSON-serialisable dict."""
         data: dict[str, Any] = {
             "name": self.name,
             "shape": list(self.shape),
@@ -105,6 +107,7 @@ class TargetLayout:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TargetLayout:
+        """Parse and check a manifest entry (``RPGManifestMismatchError`` when malformed)."""
         where = _where("target", data)
         shape = _field(data, "shape", list, "a list of non-negative ints", where)
         if not all(_is_int(s) and s >= 0 for s in shape):
@@ -139,10 +142,12 @@ class RingLayout:
     scale: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest entry as a JSON-serialisable dict."""
         return {"name": self.name, "size": self.size, "elements": self.elements, "scale": self.scale}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RingLayout:
+        """Parse and check a manifest ring entry (``RPGManifestMismatchError`` when malformed)."""
         where = _where("ring", data)
         ring = cls(
             name=_name(data, "name", where),
@@ -192,6 +197,7 @@ class Layout:
                 raise RPGManifestMismatchError(f"manifest target {target.name!r} uses unknown ring {target.ring!r}")
 
     def index_of(self, name: str) -> int:
+        """Position of the target ``name`` in ``targets``."""
         return self._by_name[name]
 
     def ring_targets(self, ring: str) -> list[int]:
@@ -201,13 +207,16 @@ class Layout:
 
     @property
     def ring_dof(self) -> int:
+        """Total size of the rings."""
         return sum(r.size for r in self.rings.values())
 
     @property
     def generated_elements(self) -> int:
+        """Total number of generated elements."""
         return sum(r.elements for r in self.rings.values())
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest as saved in ``rpg_config.json``."""
         return {
             "rings": [r.to_dict() for r in self.rings.values()],
             "targets": [t.to_dict() for t in self.targets],
@@ -215,6 +224,7 @@ class Layout:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Layout:
+        """Parse and check a manifest (``RPGManifestMismatchError`` on the first problem)."""
         if (
             not isinstance(data, dict)
             or not isinstance(data.get("rings"), list)

@@ -445,5 +445,6 @@ class RPGModel(nn.Module):
         return self.base_model
 
     def extra_repr(self) -> str:
+        """Mode, ring sizes and generated elements, shown by ``print(model)``."""
         report = self.dof_report()
         return f"mode={self.rpg_config.mode!r}, rings={report.rings}, generated={report.generated_elements:,}"

@@ -86,6 +86,7 @@ def original_class(module: nn.Module) -> type:
 
 
 def is_generated(module: nn.Module) -> bool:
+    """Whether hf_rpg generates one of ``module``'s attributes (its class was swapped)."""
     return _SOURCES in module.__dict__
 
 

@@ -45,6 +45,7 @@ class DoFReport:
         return self.model_parameters / max(1, self.stored_parameters)
 
     def to_dict(self) -> dict:
+        """The fields plus the derived fractions and ratio, as a JSON-serialisable dict."""
         data = asdict(self)
         data.update(
             ring_fraction=self.ring_fraction,

@@ -63,6 +63,7 @@ class Owner:
 
     @property
     def path(self) -> str:
+        """The owner's name for the Parameter, e.g. ``"cls.predictions.decoder.weight"``."""
         return f"{self.module_name}.{self.attr}" if self.module_name else self.attr
 
 
@@ -79,6 +80,7 @@ class FoundTarget:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """Shape of the Parameter to generate."""
         return tuple(self.param.shape)
 
     @property

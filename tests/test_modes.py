@@ -198,3 +198,26 @@ def test_unload_needs_delta_mode():
     model.merge_and_unload()
     with pytest.raises(RPGStateError, match="unloaded"):
         model(**_batch())
+
+
+def test_delta_checkpoint_keeps_its_own_head_config(tmp_path):
+    """The saved config.json wins over the base's: label names of a fine-tuned head survive."""
+    from transformers import BertForSequenceClassification
+
+    base_dir = tmp_path / "base"
+    make_bert_cls().save_pretrained(base_dir)
+    model = BertForSequenceClassification.from_pretrained(base_dir)
+    model.config.id2label = {0: "negative", 1: "neutral", 2: "positive"}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    rpg = apply_rpg(model, RPGConfig(mode="delta", dof=100))
+    rpg.save_pretrained(tmp_path / "delta")
+    loaded = RPGModel.from_pretrained(tmp_path / "delta")
+    assert loaded.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+
+
+def test_saving_a_delta_model_without_a_base_reference_warns(tmp_path):
+    model = apply_rpg(make_bert_cls(), RPGConfig(mode="delta", dof=100))
+    with pytest.warns(UserWarning, match="records no base model"):
+        model.save_pretrained(tmp_path / "delta")
+    loaded = RPGModel.from_pretrained(tmp_path / "delta", base_model=make_bert_cls())
+    assert torch.equal(loaded.rpg_rings["default"], model.rpg_rings["default"])

@@ -1,0 +1,33 @@
+"""Run one benchmark measurement in this fresh process and print it as JSON.
+
+python benchmarks/worker.py step resnet18 7
+python benchmarks/worker.py peers all 7
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from benchmarks import sections
+
+
+def main() -> None:
+    section, case, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    torch.set_num_threads(int(sys.argv[4]) if len(sys.argv) > 4 else 1)
+    if section == "step":
+        result = sections.step_case(case, repeats)
+    elif section == "peers":
+        result = sections.peers_once(repeats)
+    else:
+        raise SystemExit(f"unknown section {section!r}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Every public name of the library has a docstring."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import hf_rpg
+
+
+def _public_objects():
+    for info in pkgutil.iter_modules(hf_rpg.__path__):
+        module = importlib.import_module(f"hf_rpg.{info.name}")
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                yield f"{info.name}.{name}", obj
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+                    if not attr.startswith("_") and inspect.isfunction(function):
+                        yield f"{info.name}.{name}.{attr}", function
+
+
+def test_public_names_have_docstrings():
+    names = dict(_public_objects())
+    assert len(names) > 100
+    missing = sorted(name for name, obj in names.items() if not (obj.__doc__ or "").strip())
+    assert not missing, missing
