@@ -22,6 +22,8 @@ def main() -> None:
     torch.set_num_threads(int(sys.argv[4]) if len(sys.argv) > 4 else 1)
     if section == "step":
         result = sections.step_case(case, repeats)
+    elif section == "inference":
+        result = sections.inference_case(repeats)
     elif section == "peers":
         result = sections.peers_once(repeats)
     else:

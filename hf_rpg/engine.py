@@ -66,8 +66,8 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def _workers(device: torch.device, elements: int) -> int:
-    if device.type != "cpu":
-        return 1  # GPU kernels are parallel already
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        return 1  # GPU kernels are parallel already; under torch.compile, no Python threads
     return max(1, min(torch.get_num_threads(), elements // PARALLEL_CHUNK))
 
 
@@ -388,8 +388,9 @@ class WeightEngine:
             return F.embedding(ids, weight, module.padding_idx, module.max_norm, module.norm_type,
                                module.scale_grad_by_freq, module.sparse)  # fmt: skip
         target = self.layout.targets[target_id]
-        if not ids.is_cuda and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= target.shape[0]):
-            # F.embedding's own check; on CUDA the index cache lookup asserts instead
+        checkable = not ids.is_cuda and not torch.compiler.is_compiling()  # a host sync / a graph break
+        if checkable and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= target.shape[0]):
+            # F.embedding's own check; elsewhere the index cache lookup fails instead
             raise IndexError(f"index out of range in self: ids must be in [0, {target.shape[0]})")
         ring = self.ring(target.ring)
         dim = target.shape[1]

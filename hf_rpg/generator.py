@@ -21,6 +21,7 @@ Changing anything in this module changes generated weights and must bump
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -354,15 +355,27 @@ def _signed_indices_u32_(
 def _build_signed_index_uint32(
     out: np.ndarray, start: int, stop: int, total: int, ring_size: int, key: GeneratorKey, chunk: int
 ) -> None:
-    size = min(chunk, stop - start)
-    x_all, low_all, high_all, tmp_all = (np.empty(size, dtype=np.uint32) for _ in range(4))
-    for begin in range(start, stop, chunk):
-        end = min(begin + chunk, stop)
-        m = end - begin
-        x = x_all[:m]
-        x[:] = np.arange(begin, end, dtype=np.uint64)  # end itself may be 2**32
-        index = _signed_indices_u32_(x, total, ring_size, key, low_all[:m], high_all[:m], tmp_all[:m])
-        out[begin - start : end - start] = index.view(np.int32)
+    # Chunks are independent: with several torch threads they are shared out among that
+    # many Python threads (NumPy releases the GIL inside its loops).
+    chunks = [(b, min(b + chunk, stop)) for b in range(start, stop, chunk)]
+    workers = max(1, min(torch.get_num_threads(), len(chunks)))
+
+    def work(part: list[tuple[int, int]]) -> None:
+        size = max(end - begin for begin, end in part)
+        x_all, low_all, high_all, tmp_all = (np.empty(size, dtype=np.uint32) for _ in range(4))
+        for begin, end in part:
+            m = end - begin
+            x = x_all[:m]
+            x[:] = np.arange(begin, end, dtype=np.uint64)  # end itself may be 2**32
+            index = _signed_indices_u32_(x, total, ring_size, key, low_all[:m], high_all[:m], tmp_all[:m])
+            out[begin - start : end - start] = index.view(np.int32)
+
+    if workers == 1:
+        work(chunks)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf_rpg_index") as pool:
+        for future in [pool.submit(work, chunks[i::workers]) for i in range(workers)]:
+            future.result()
 
 
 def _signed_indices_uint32(positions: torch.Tensor, total: int, ring_size: int, key: GeneratorKey) -> torch.Tensor:
