@@ -358,6 +358,8 @@ def _build_signed_index_uint32(
     # Chunks are independent: with several torch threads they are shared out among that
     # many Python threads (NumPy releases the GIL inside its loops).
     chunks = [(b, min(b + chunk, stop)) for b in range(start, stop, chunk)]
+    if not chunks:
+        return
     workers = max(1, min(torch.get_num_threads(), len(chunks)))
 
     def work(part: list[tuple[int, int]]) -> None:
