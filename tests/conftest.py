@@ -18,6 +18,14 @@ import transformers
 torch.set_num_threads(1)
 transformers.logging.set_verbosity_error()
 
+# Property tests draw the same examples on every run (CI must not flake); set
+# HYPOTHESIS_PROFILE=explore to let hypothesis search new ones.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
 
 @dataclass
 class TinyModel:
