@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from . import index_layout
 from .generator import GeneratorKey, build_signed_index, derive_key, signed_indices
 from .layout import Layout, TargetLayout
 
@@ -94,7 +95,8 @@ class _GenerateFromRing(torch.autograd.Function):
     """``W_t = gain_t * [ring, -ring][index_t]`` (+ ``base_t``) for several targets of one ring.
 
     Backward scatter-adds ``gain_t * dL/dW_t`` into the signed ring and folds it:
-    ``grad_ring = grad_signed[:N] - grad_signed[N:]``. Indices come from the engine (the
+    ``grad_ring = grad_signed[:N] - grad_signed[N:]``; large CPU rings use the sign-bit
+    layout instead, with the same weights (see ``index_layout``). Indices come from the engine (the
     int32 cache, or recomputed from the seed), so nothing per-element is saved for backward.
     With ``out`` (a flat buffer, one slice per request) the weights are written into it
     instead of fresh memory: first-touching fresh pages costs as much as the gather itself.
@@ -111,28 +113,30 @@ class _GenerateFromRing(torch.autograd.Function):
         requests: list[_Request],
         out: torch.Tensor | None,
     ):
-        signed = torch.cat((ring, ring.neg()))
+        sign_bit = engine.sign_bit_layout(ring_name, ring.device)
+        # detached: grad mode is per thread, and the worker threads have it on
+        table = ring.detach() if sign_bit else torch.cat((ring, ring.neg()))
         total = sum(r.target.numel for r in requests)
         workers = _workers(ring.device, total)
         outputs, jobs = [], []
         position = 0
         for request in requests:
             target = request.target
-            index = engine.indices(ring_name, target, ring.device)
+            index = engine.raw_indices(ring_name, target, ring.device)
             if out is not None:
                 values = out.narrow(0, position, target.numel)
                 position += target.numel
             else:
-                values = torch.empty(target.numel, dtype=signed.dtype, device=signed.device)
+                values = torch.empty(target.numel, dtype=ring.dtype, device=ring.device)
             base = request.base.reshape(-1) if request.base is not None else None
             if base is not None and base.dtype != values.dtype:
                 base = base.to(values.dtype)
             for start, length in _chunks(target.numel, max(1, workers * target.numel // total)):
-                jobs.append(_gather_job(signed, index, values, start, length, target.gain, base))
+                jobs.append(_gather_job(table, sign_bit, index, values, start, length, target.gain, base))
             outputs.append(values.view(target.shape))
         _run(workers, jobs)
         ctx.engine, ctx.ring_name, ctx.requests = engine, ring_name, requests
-        ctx.ring_size = ring.shape[0]
+        ctx.ring_size, ctx.sign_bit = ring.shape[0], sign_bit
         ctx.set_materialize_grads(False)
         return tuple(outputs)
 
@@ -147,21 +151,24 @@ class _GenerateFromRing(torch.autograd.Function):
         workers = _workers(device, total)
         spans = []  # (index, grad, gain) pieces, dealt to the workers round-robin
         for request, grad in work:
-            index = ctx.engine.indices(ctx.ring_name, request.target, device)
+            index = ctx.engine.raw_indices(ctx.ring_name, request.target, device)
             flat = grad.reshape(-1)
             for start, length in _chunks(flat.numel(), max(1, workers * flat.numel() // total)):
                 spans.append((index.narrow(0, start, length), flat.narrow(0, start, length), request.target.gain))
-        partials = [torch.zeros(2 * n, dtype=dtype, device=device) for _ in range(min(workers, len(spans)))]
-        jobs = [_scatter_job(partial, spans[i :: len(partials)]) for i, partial in enumerate(partials)]
+        size = n if ctx.sign_bit else 2 * n
+        partials = [torch.zeros(size, dtype=dtype, device=device) for _ in range(min(workers, len(spans)))]
+        jobs = [_scatter_job(partial, ctx.sign_bit, spans[i :: len(partials)]) for i, partial in enumerate(partials)]
         _run(len(partials), jobs)
-        grad_signed = partials[0]
+        grad_table = partials[0]
         for partial in partials[1:]:
-            grad_signed += partial
-        return grad_signed[:n] - grad_signed[n:], None, None, None, None
+            grad_table += partial
+        grad_ring = grad_table if ctx.sign_bit else grad_table[:n] - grad_table[n:]
+        return grad_ring, None, None, None, None
 
 
 def _gather_job(
-    signed: torch.Tensor,
+    table: torch.Tensor,
+    sign_bit: bool,
     index: torch.Tensor,
     values: torch.Tensor,
     start: int,
@@ -171,18 +178,25 @@ def _gather_job(
 ) -> Callable[[], None]:
     def job() -> None:
         piece = values.narrow(0, start, length)
-        torch.index_select(signed, 0, index.narrow(0, start, length), out=piece)
+        part = base.narrow(0, start, length) if base is not None else None
+        if sign_bit:
+            index_layout.gather_sign_bit(table, index.narrow(0, start, length), piece, gain, part)
+            return
+        torch.index_select(table, 0, index.narrow(0, start, length), out=piece)
         piece.mul_(gain)
-        if base is not None:
-            piece.add_(base.narrow(0, start, length))
+        if part is not None:
+            piece.add_(part)
 
     return job
 
 
-def _scatter_job(grad_signed: torch.Tensor, spans: list[tuple[torch.Tensor, torch.Tensor, float]]):
+def _scatter_job(grad_table: torch.Tensor, sign_bit: bool, spans: list[tuple[torch.Tensor, torch.Tensor, float]]):
     def job() -> None:
         for index, grad, gain in spans:
-            grad_signed.index_add_(0, index, grad.to(grad_signed.dtype), alpha=gain)
+            if sign_bit:
+                index_layout.scatter_sign_bit_(grad_table, index, grad, gain)
+            else:
+                grad_table.index_add_(0, index, grad.to(grad_table.dtype), alpha=gain)
 
     return job
 
@@ -215,6 +229,8 @@ class WeightEngine:
         self.cache_indices = cache_indices
         self.inference_cache = inference_cache
         self._index: dict[str, torch.Tensor] = {}
+        self._sign_bit: dict[str, bool] = {}
+        self._index_for: dict[str, int] = {}  # ring itemsize the layout was picked for
         self._pass_weights: dict[int, torch.Tensor] | None = None
         self._pass_depth = 0
         self._materialized: dict[int, torch.Tensor] | None = None
@@ -231,17 +247,43 @@ class WeightEngine:
                 self._ring_index(name, torch.device(device or "cpu"))
 
     def _ring_index(self, ring_name: str, device: torch.device) -> torch.Tensor:
+        """The ring's int32 cache on ``device``, in the layout picked for that device and
+        ring dtype (see ``index_layout``): built from the seed on first use, re-encoded
+        only when the device or the ring's dtype changes."""
+        ring = self.layout.rings[ring_name]
         index = self._index.get(ring_name)
+        itemsize = self._ring_itemsize(ring_name)
+        if index is not None and index.device == device and self._index_for.get(ring_name) == itemsize:
+            return index
+        was_sign_bit = self._sign_bit.get(ring_name, False)
         if index is None:
-            ring = self.layout.rings[ring_name]
             index = build_signed_index(ring.elements, ring.size, self.keys[ring_name], device=device)
+            was_sign_bit = False
         elif index.device != device:
             index = index.to(device)
-        self._index[ring_name] = index
+        sign_bit = index_layout.use_sign_bit(ring.size, itemsize, index.dtype, device)
+        if sign_bit and not was_sign_bit:
+            index = index_layout.signed_to_sign_bit_(index, ring.size)
+        elif was_sign_bit and not sign_bit:
+            index = index_layout.sign_bit_to_signed(index, ring.size)
+        self._index[ring_name], self._sign_bit[ring_name] = index, sign_bit
+        self._index_for[ring_name] = itemsize
         return index
 
-    def indices(self, ring_name: str, target: TargetLayout, device: torch.device) -> torch.Tensor:
-        """Signed-ring indices of every element of ``target`` (1-D)."""
+    def _ring_itemsize(self, ring_name: str) -> int:
+        rings = getattr(self.root, "rpg_rings", None)
+        return rings[ring_name].element_size() if rings is not None and ring_name in rings else 4
+
+    def sign_bit_layout(self, ring_name: str, device: torch.device) -> bool:
+        """Whether ``raw_indices`` of this ring come in the sign-bit layout on ``device``."""
+        if not self.cache_indices:
+            return False
+        self._ring_index(ring_name, device)
+        return self._sign_bit[ring_name]
+
+    def raw_indices(self, ring_name: str, target: TargetLayout, device: torch.device) -> torch.Tensor:
+        """The cached indices of ``target`` (1-D) in the ring's layout on ``device``
+        (``sign_bit_layout`` says which), or signed-ring indices computed from the seed."""
         if self.cache_indices:
             return self._ring_index(ring_name, device).narrow(0, target.offset, target.numel)
         ring = self.layout.rings[ring_name]
@@ -254,8 +296,15 @@ class WeightEngine:
             device=device,
         )
 
+    def indices(self, ring_name: str, target: TargetLayout, device: torch.device) -> torch.Tensor:
+        """Signed-ring indices of every element of ``target`` (1-D): into ``[ring, -ring]``."""
+        index = self.raw_indices(ring_name, target, device)
+        if self.sign_bit_layout(ring_name, device):
+            return index_layout.sign_bit_to_signed(index, self.layout.rings[ring_name].size)
+        return index
+
     def _indices_at(self, ring_name: str, positions: torch.Tensor) -> torch.Tensor:
-        """Signed-ring indices of arbitrary positions of a ring (any shape)."""
+        """Indices of arbitrary positions of a ring (any shape), in the ring's layout."""
         if self.cache_indices:
             return self._ring_index(ring_name, positions.device)[positions]
         ring = self.layout.rings[ring_name]
@@ -397,8 +446,8 @@ class WeightEngine:
         columns = torch.arange(dim, device=ids.device, dtype=torch.int64)
         positions = (ids.to(torch.int64).unsqueeze(-1) * dim + columns).add_(target.offset)
         index = self._indices_at(target.ring, positions.flatten())
-        signed = torch.cat((ring, ring.neg()))
-        rows = (torch.index_select(signed, 0, index) * target.gain).view(*ids.shape, dim)
+        values = index_layout.lookup(ring, index, self.sign_bit_layout(target.ring, ring.device))
+        rows = (values * target.gain).view(*ids.shape, dim)
         base = self._base(target_id)
         if base is not None:
             rows = F.embedding(ids, base) + rows.to(base.dtype)

@@ -1,0 +1,137 @@
+"""The two in-memory layouts of the index cache give the same model.
+
+Large CPU rings keep their cache in the sign-bit layout (``hf_rpg.index_layout``); the
+tiny test models are far below that size, so these tests lower the threshold and compare
+each model against the signed layout: weights bit for bit, ring gradients to rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import MODELS
+
+import hf_rpg.engine
+from hf_rpg import RPGConfig, apply_rpg, index_layout
+from hf_rpg.generator import build_signed_index, derive_key
+
+
+def _pair(name: str, monkeypatch, **config):
+    """The same tiny model under RPG twice: signed layout, then sign-bit layout."""
+    torch.manual_seed(0)
+    tiny = MODELS[name]
+    base = tiny.build()
+    signed = apply_rpg(copy.deepcopy(base), RPGConfig(seed=3, **config))
+    monkeypatch.setattr(index_layout, "SIGN_BIT_MIN_SIGNED_BYTES", 0)
+    sign_bit = apply_rpg(base, RPGConfig(seed=3, **config))
+    assert not any(signed._engine._sign_bit.values())
+    assert all(sign_bit._engine._sign_bit.values())
+    return tiny, signed, sign_bit
+
+
+def _step(model, batch):
+    model.train()
+    for ring in model.rpg_rings.values():
+        ring.grad = None
+    loss = model(**batch).loss
+    loss.backward()
+    weights = {name: w.detach().clone() for name, w in model.generated_weights()}
+    return loss.detach(), weights, {n: r.grad.clone() for n, r in model.rpg_rings.items()}
+
+
+@pytest.mark.parametrize("name", ["bert_cls", "gpt2", "resnet"])
+@pytest.mark.parametrize("mode", ["replace", "delta"])
+def test_sign_bit_layout_gives_the_same_weights_and_gradients(name, mode, monkeypatch):
+    tiny, signed, sign_bit = _pair(name, monkeypatch, dof=0.3, mode=mode)
+    batch = tiny.batch(0)
+    if mode == "delta":  # a ring at zero hides sign mistakes: start both from the same values
+        with torch.no_grad():
+            for ring_name, ring in signed.rpg_rings.items():
+                ring.normal_(generator=torch.Generator().manual_seed(1))
+                sign_bit.rpg_rings[ring_name].copy_(ring)
+    loss_a, weights_a, grads_a = _step(signed, batch)
+    loss_b, weights_b, grads_b = _step(sign_bit, batch)
+    assert weights_a.keys() == weights_b.keys()
+    for key, weight in weights_a.items():
+        assert torch.equal(weights_b[key], weight), key  # the gather is exact in both layouts
+    assert torch.equal(loss_a, loss_b)
+    for ring_name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[ring_name], grad, rtol=1e-5, atol=1e-7)
+    assert sign_bit._engine.index_cache_bytes() == signed._engine.index_cache_bytes()  # still 4 B/element
+    assert not any(signed._engine._sign_bit.values()) and all(sign_bit._engine._sign_bit.values())
+
+
+def test_sign_bit_layout_with_tied_weights(monkeypatch):
+    """BertForMaskedLM ties its word embedding to the LM head: generated once, used twice.
+    (BertForSequenceClassification above covers the looked-up-rows path of an untied one.)"""
+    tiny, signed, sign_bit = _pair("bert_mlm", monkeypatch, dof=0.5)
+    batch = tiny.batch(1)
+    _, _, grads_a = _step(signed, batch)
+    _, _, grads_b = _step(sign_bit, batch)
+    torch.testing.assert_close(grads_b["default"], grads_a["default"], rtol=1e-5, atol=1e-7)
+
+
+def test_sign_bit_layout_in_parallel_blocks(monkeypatch):
+    """Several threads and blocks smaller than a target."""
+    tiny, signed, sign_bit = _pair("vit", monkeypatch, dof=0.25)
+    batch = tiny.batch(2)
+    monkeypatch.setattr(index_layout, "BLOCK", 100)
+    monkeypatch.setattr(hf_rpg.engine, "PARALLEL_CHUNK", 512)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _, weights_a, grads_a = _step(signed, batch)
+        _, weights_b, grads_b = _step(sign_bit, batch)
+    finally:
+        torch.set_num_threads(threads)
+    for key, weight in weights_a.items():
+        assert torch.equal(weights_b[key], weight), key
+    torch.testing.assert_close(grads_b["default"], grads_a["default"], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_sign_bit_gather_and_scatter_against_the_signed_ring(dtype, monkeypatch):
+    """Each float width (float32 flips the sign bit; others multiply by the sign)."""
+    monkeypatch.setattr(index_layout, "BLOCK", 333)
+    total, size, gain = 5000, 700, 0.7
+    signed = build_signed_index(total, size, derive_key(0, "default"))
+    sign_bit = index_layout.signed_to_sign_bit_(signed.clone(), size)
+    ring = torch.randn(size, generator=torch.Generator().manual_seed(0)).to(dtype)
+    base = torch.randn(total, generator=torch.Generator().manual_seed(1)).to(dtype)
+
+    out = torch.empty(total, dtype=dtype)
+    index_layout.gather_sign_bit(ring, sign_bit, out, gain, base)
+    assert torch.equal(out, torch.cat((ring, ring.neg()))[signed] * gain + base)
+    assert torch.equal(index_layout.lookup(ring, sign_bit, True), index_layout.lookup(ring, signed, False))
+
+    grad = torch.randn(total, generator=torch.Generator().manual_seed(2)).to(dtype)
+    folded = torch.zeros(2 * size, dtype=dtype).index_add_(0, signed, grad, alpha=gain)
+    got = torch.zeros(size, dtype=dtype)
+    index_layout.scatter_sign_bit_(got, sign_bit, grad, gain)
+    tolerance = {"rtol": 2e-2, "atol": 5e-2} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(got, folded[:size] - folded[size:], **tolerance)
+
+
+def test_layout_round_trip_and_threshold():
+    total, size = 5000, 700
+    signed = build_signed_index(total, size, derive_key(0, "default"))
+    sign_bit = index_layout.signed_to_sign_bit_(signed.clone(), size)
+    negative = signed >= size
+    assert torch.equal(sign_bit < 0, negative)
+    assert torch.equal(sign_bit.bitwise_and(index_layout.MAGNITUDE), signed - size * negative.int())
+    assert torch.equal(index_layout.sign_bit_to_signed(sign_bit, size), signed)
+
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    big = index_layout.SIGN_BIT_MIN_SIGNED_BYTES // 8 + 1  # its float32 signed ring is just over
+    assert index_layout.use_sign_bit(big, 4, torch.int32, cpu)
+    assert not index_layout.use_sign_bit(big - 1, 4, torch.int32, cpu)
+    assert not index_layout.use_sign_bit(big, 4, torch.int64, cpu)  # the layout needs int32
+    assert not index_layout.use_sign_bit(big, 4, torch.int32, meta)  # CPU only
+
+
+def test_projection_init_reads_indices_in_either_layout(monkeypatch):
+    """``init="project"`` decodes the cache to signed indices: same ring in both layouts."""
+    _, signed, sign_bit = _pair("bert_cls", monkeypatch, dof=0.5, init="project")
+    torch.testing.assert_close(sign_bit.rpg_rings["default"], signed.rpg_rings["default"], rtol=0, atol=0)
