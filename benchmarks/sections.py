@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
+    DEVICE,
     bert_mini_workload,
     fresh_pair,
     interleaved_medians,
@@ -19,6 +20,7 @@ from benchmarks.common import (
     release,
     resnet18_workload,
     tensor_bytes,
+    to_device,
     train_step_fn,
     vit_workload,
 )
@@ -48,7 +50,8 @@ def step_case(name: str, repeats: int) -> dict:
     config = RPGConfig(**options)
     dense, base = fresh_pair(workload)
     rpg = apply_rpg(base, config)
-    batch = workload.batch()
+    dense, batch = to_device(dense, workload.batch())
+    rpg, _ = to_device(rpg, {})
     times = interleaved_medians(
         {"dense": train_step_fn(dense, batch), "rpg": train_step_fn(rpg, batch)}, repeats=repeats
     )
@@ -327,7 +330,8 @@ def inference_case(repeats: int) -> dict:
     w = bert_mini_workload()
     dense, base = fresh_pair(w)
     rpg = apply_rpg(base, RPGConfig(dof=0.1))
-    batch = {k: v for k, v in w.batch().items() if k != "labels"}
+    dense, batch = to_device(dense, {k: v for k, v in w.batch().items() if k != "labels"})
+    rpg, _ = to_device(rpg, {})
     dense.eval()
     rpg.eval()
 
@@ -415,14 +419,18 @@ def _peft_models(base_builder):
 
     task = peft.TaskType.SEQ_CLS
     qv = ["query", "value"]
+    configs = {
+        "LoRA r=8": ("LoraConfig", {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}),
+        "VeRA r=256": ("VeraConfig", {"r": 256, "vera_dropout": 0.0}),
+        "VB-LoRA": ("VBLoRAConfig", {"r": 4, "num_vectors": 256, "vector_length": 128, "vblora_dropout": 0.0}),
+        "UniLoRA": ("UniLoraConfig", {"r": 8, "theta_d_length": LORA_R8_MINILM}),
+        "FourierFT n=1000": ("FourierFTConfig", {"n_frequency": 1000}),
+    }
+    # an older PEFT may lack a method: it is left out of the table rather than failing it
     return {
-        "LoRA r=8": peft.LoraConfig(task_type=task, r=8, lora_alpha=16, lora_dropout=0.0, target_modules=qv),
-        "VeRA r=256": peft.VeraConfig(task_type=task, r=256, target_modules=qv, vera_dropout=0.0),
-        "VB-LoRA": peft.VBLoRAConfig(
-            task_type=task, r=4, num_vectors=256, vector_length=128, target_modules=qv, vblora_dropout=0.0
-        ),
-        "UniLoRA": peft.UniLoraConfig(task_type=task, r=8, theta_d_length=LORA_R8_MINILM, target_modules=qv),
-        "FourierFT n=1000": peft.FourierFTConfig(task_type=task, n_frequency=1000, target_modules=qv),
+        name: getattr(peft, cls)(task_type=task, target_modules=qv, **options)
+        for name, (cls, options) in configs.items()
+        if hasattr(peft, cls)
     }
 
 
@@ -458,15 +466,15 @@ def peers_once(repeats: int) -> list[dict]:
     import peft
 
     w = minilm_workload()
-    batch = w.batch()
+    batch = {k: v.to(DEVICE) for k, v in w.batch().items()}
     torch.manual_seed(0)
     reference = w.build()
     base_buffers = tensor_bytes(reference.buffers())
-    steps = {"frozen base": train_step_fn(_frozen_base(w.build()), batch)}
+    steps = {"frozen base": train_step_fn(_frozen_base(w.build()).to(DEVICE), batch)}
     info = {"frozen base": {"trainable": sum(p.numel() for p in reference.classifier.parameters())}}
     for name, config in _peft_models(w.build).items():
         torch.manual_seed(0)
-        model = peft.get_peft_model(w.build(), config)
+        model = peft.get_peft_model(w.build(), config).to(DEVICE)
         steps[name] = train_step_fn(model, batch)
         info[name] = {
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -476,6 +484,7 @@ def peers_once(repeats: int) -> list[dict]:
     for name, targets in (("hf_rpg delta (query, value)", ["query", "value"]), ("hf_rpg delta (all linear)", None)):
         torch.manual_seed(0)
         model = apply_rpg(w.build(), RPGConfig(mode="delta", dof=LORA_R8_MINILM, target_modules=targets))
+        model.to(DEVICE)
         steps[name] = train_step_fn(model, batch)
         steps[name]()  # builds the reusable buffer, counted below
         engine = model._engine
