@@ -116,7 +116,12 @@ class _GenerateFromRing(torch.autograd.Function):
         sign_bit = engine.sign_bit_layout(ring_name, ring.device)
         # detached: grad mode is per thread, and the worker threads have it on
         table = ring.detach() if sign_bit else torch.cat((ring, ring.neg()))
+        ctx.engine, ctx.ring_name, ctx.requests = engine, ring_name, requests
+        ctx.ring_size, ctx.sign_bit = ring.shape[0], sign_bit
+        ctx.set_materialize_grads(False)
         total = sum(r.target.numel for r in requests)
+        if not sign_bit and _fused_applies(engine, ring.device):
+            return _fused_gather(engine, ring_name, table, requests, out, total)
         workers = _workers(ring.device, total)
         outputs, jobs = [], []
         position = 0
@@ -135,9 +140,6 @@ class _GenerateFromRing(torch.autograd.Function):
                 jobs.append(_gather_job(table, sign_bit, index, values, start, length, target.gain, base))
             outputs.append(values.view(target.shape))
         _run(workers, jobs)
-        ctx.engine, ctx.ring_name, ctx.requests = engine, ring_name, requests
-        ctx.ring_size, ctx.sign_bit = ring.shape[0], sign_bit
-        ctx.set_materialize_grads(False)
         return tuple(outputs)
 
     @staticmethod
@@ -147,6 +149,9 @@ class _GenerateFromRing(torch.autograd.Function):
         if not work:
             return None, None, None, None, None
         device, dtype = work[0][1].device, work[0][1].dtype
+        if not ctx.sign_bit and _fused_applies(ctx.engine, device):
+            grad_signed = _fused_scatter(ctx.engine, ctx.ring_name, work, 2 * n, dtype)
+            return grad_signed[:n] - grad_signed[n:], None, None, None, None
         total = sum(r.target.numel for r, _ in work)
         workers = _workers(device, total)
         spans = []  # (index, grad, gain) pieces, dealt to the workers round-robin
@@ -164,6 +169,74 @@ class _GenerateFromRing(torch.autograd.Function):
             grad_table += partial
         grad_ring = grad_table if ctx.sign_bit else grad_table[:n] - grad_table[n:]
         return grad_ring, None, None, None, None
+
+
+def _fused_applies(engine: WeightEngine, device: torch.device) -> bool:
+    """Whether a ring's targets are generated with a few whole-ring kernels instead of a
+    few per target: on GPUs, where a small model's step is bound by kernel launches and
+    each target's gather would be one more launch. Needs the index cache (contiguous
+    indices for consecutive targets)."""
+    return device.type != "cpu" and engine.cache_indices
+
+
+def _contiguous_runs(targets: list[TargetLayout]) -> list[tuple[int, int]]:
+    """(first, stop) ranges of list positions whose targets follow one another in the ring."""
+    runs, first = [], 0
+    for i in range(1, len(targets) + 1):
+        if i == len(targets) or targets[i].offset != targets[i - 1].offset + targets[i - 1].numel:
+            runs.append((first, i))
+            first = i
+    return runs
+
+
+def _fused_gather(
+    engine: WeightEngine,
+    ring_name: str,
+    table: torch.Tensor,
+    requests: list[_Request],
+    out: torch.Tensor | None,
+    total: int,
+) -> tuple[torch.Tensor, ...]:
+    """The forward in one gather per run of consecutive targets, then the gains and the
+    delta bases as multi-tensor (foreach) ops: the same arithmetic per element, so the
+    same bits as the per-target path."""
+    if out is None:
+        out = torch.empty(total, dtype=table.dtype, device=table.device)
+    index = engine._ring_index(ring_name, table.device)
+    targets = [r.target for r in requests]
+    views, position = [], 0
+    for target in targets:
+        views.append(out.narrow(0, position, target.numel))
+        position += target.numel
+    position = 0
+    for first, stop in _contiguous_runs(targets):
+        length = sum(t.numel for t in targets[first:stop])
+        span = index.narrow(0, targets[first].offset, length)
+        torch.index_select(table, 0, span, out=out.narrow(0, position, length))
+        position += length
+    torch._foreach_mul_(views, [t.gain for t in targets])
+    based = [(v, r.base.reshape(-1).to(v.dtype)) for v, r in zip(views, requests, strict=True) if r.base is not None]
+    if based:
+        torch._foreach_add_([v for v, _ in based], [b for _, b in based])
+    return tuple(v.view(t.shape) for v, t in zip(views, targets, strict=True))
+
+
+def _fused_scatter(
+    engine: WeightEngine, ring_name: str, work: list[tuple[_Request, torch.Tensor]], size: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """The backward in one scatter-add per run of consecutive targets: the gradients are
+    concatenated and scaled by their gains with a multi-tensor op first."""
+    device = work[0][1].device
+    index = engine._ring_index(ring_name, device)
+    grad_signed = torch.zeros(size, dtype=dtype, device=device)
+    targets = [r.target for r, _ in work]
+    for first, stop in _contiguous_runs(targets):
+        grads = torch.cat([g.reshape(-1).to(dtype) for _, g in work[first:stop]])
+        pieces = list(grads.split([t.numel for t in targets[first:stop]]))
+        torch._foreach_mul_(pieces, [t.gain for t in targets[first:stop]])
+        span = index.narrow(0, targets[first].offset, grads.numel())
+        grad_signed.index_add_(0, span, grads)
+    return grad_signed
 
 
 def _gather_job(

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import MODELS, model_outputs
 
+import hf_rpg.engine
 from hf_rpg import RPGConfig, RPGModel, apply_rpg, index_layout
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
@@ -35,11 +36,12 @@ def test_cuda_generates_the_cpu_weights_bit_for_bit(name, sign_bit_on_cpu, monke
     assert not any(model._engine._sign_bit.values())
     for key, weight in on_cpu.items():
         assert torch.equal(on_gpu[key], weight), key
-    model.cpu()  # and back: the CPU layout again, the same weights
-    assert all(model._engine._sign_bit.values()) == sign_bit_on_cpu
+    model.cpu()  # and back: the CPU layout again (re-encoded at first use), the same weights
+    model.clear_cache()
     with torch.no_grad():
         for key, weight in model.generated_weights():
             assert torch.equal(weight, on_cpu[key]), key
+    assert all(model._engine._sign_bit.values()) == sign_bit_on_cpu
 
 
 @pytest.mark.parametrize("mode", ["replace", "delta"])
@@ -62,6 +64,7 @@ def test_training_on_cuda_matches_cpu_and_round_trips(mode, tmp_path):
             losses.append(loss.item())
         assert losses[-1] < losses[0]
         models[device] = model
+    assert hf_rpg.engine._fused_applies(models["cuda"]._engine, torch.device("cuda"))
     torch.testing.assert_close(
         models["cuda"].rpg_rings["default"].detach().cpu(), models["cpu"].rpg_rings["default"].detach(),
         rtol=1e-3, atol=1e-5,
