@@ -8,6 +8,7 @@ import importlib.metadata
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ def machine_info(threads: int, device: str = "cpu") -> dict:
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
+            module = sys.modules.get(package)  # imported from the checkout, not installed
+            versions[package] = getattr(module, "__version__", "not installed")
 
     return {
         "cpu": cpu,
@@ -48,20 +50,22 @@ def machine_info(threads: int, device: str = "cpu") -> dict:
     }
 
 
-# Where the timed models run: ``python benchmarks/run.py --device cuda`` sets it for the
-# worker processes (step, inference and peers sections).
-DEVICE = torch.device(os.environ.get("HF_RPG_BENCH_DEVICE", "cpu"))
+def bench_device() -> torch.device:
+    """Where the timed models run: ``python benchmarks/run.py --device cuda`` sets it for
+    its own and the worker processes (step, inference and peers sections)."""
+    return torch.device(os.environ.get("HF_RPG_BENCH_DEVICE", "cpu"))
 
 
 def synchronize() -> None:
     """Wait for queued GPU work, so that wall-clock times cover it."""
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
+    if bench_device().type == "cuda":
+        torch.cuda.synchronize(bench_device())
 
 
 def to_device(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
-    """The model and batch on ``DEVICE``."""
-    return model.to(DEVICE), {k: v.to(DEVICE) for k, v in batch.items()}
+    """The model and batch on ``bench_device()``."""
+    device = bench_device()
+    return model.to(device), {k: v.to(device) for k, v in batch.items()}
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], *, warmup: int = 2, repeats: int = 7) -> dict:

@@ -22,6 +22,10 @@ def _spread(row: dict) -> str:
     return f"{min(ratios):.3f}-{max(ratios):.3f} ({len(ratios)})"
 
 
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"  # GPU steps take a few ms
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -58,8 +62,8 @@ def _step(rows: list[dict], device: str = "cpu") -> str:
                 r["config"],
                 f"{r['generated']:,}",
                 f"{r['trainable']:,}",
-                f"{r['dense_ms']:.0f}",
-                f"{r['rpg_ms']:.0f}",
+                _ms(r["dense_ms"]),
+                _ms(r["rpg_ms"]),
                 f"{r['ratio']:.3f}",
                 _spread(r),
                 _verdict(r["ratio"], goal),
@@ -207,7 +211,7 @@ def _peers(rows: list[dict]) -> str:
         [
             [
                 r["method"],
-                f"{r['step_ms']:.0f}",
+                _ms(r["step_ms"]),
                 f"{r['ratio']:.3f}",
                 _spread(r),
                 f"{r['trainable']:,}",

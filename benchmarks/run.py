@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    os.environ["HF_RPG_BENCH_DEVICE"] = args.device  # read by the worker processes
+    os.environ["HF_RPG_BENCH_DEVICE"] = args.device  # read here and by the worker processes
     chosen = list(SECTIONS) if args.only is None else [s.strip() for s in args.only.split(",")]
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
-    DEVICE,
+    bench_device,
     bert_mini_workload,
     fresh_pair,
     interleaved_medians,
@@ -357,9 +357,9 @@ def inference(quick: bool) -> dict:
     result = summarise([run_worker("inference", "bert-mini", repeats) for _ in range(processes)])
     w = bert_mini_workload()
     torch.manual_seed(0)
-    rpg = apply_rpg(w.build(), RPGConfig(dof=0.1))
+    rpg, batch = to_device(apply_rpg(w.build(), RPGConfig(dof=0.1)), w.batch())
     rpg.eval()
-    result["compile"] = _compile_report(rpg, {k: v for k, v in w.batch().items() if k != "labels"})
+    result["compile"] = _compile_report(rpg, {k: v for k, v in batch.items() if k != "labels"})
     release(rpg)
     return result
 
@@ -466,15 +466,16 @@ def peers_once(repeats: int) -> list[dict]:
     import peft
 
     w = minilm_workload()
-    batch = {k: v.to(DEVICE) for k, v in w.batch().items()}
+    device = bench_device()
+    batch = {k: v.to(device) for k, v in w.batch().items()}
     torch.manual_seed(0)
     reference = w.build()
     base_buffers = tensor_bytes(reference.buffers())
-    steps = {"frozen base": train_step_fn(_frozen_base(w.build()).to(DEVICE), batch)}
+    steps = {"frozen base": train_step_fn(_frozen_base(w.build()).to(device), batch)}
     info = {"frozen base": {"trainable": sum(p.numel() for p in reference.classifier.parameters())}}
     for name, config in _peft_models(w.build).items():
         torch.manual_seed(0)
-        model = peft.get_peft_model(w.build(), config).to(DEVICE)
+        model = peft.get_peft_model(w.build(), config).to(device)
         steps[name] = train_step_fn(model, batch)
         info[name] = {
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -484,7 +485,7 @@ def peers_once(repeats: int) -> list[dict]:
     for name, targets in (("hf_rpg delta (query, value)", ["query", "value"]), ("hf_rpg delta (all linear)", None)):
         torch.manual_seed(0)
         model = apply_rpg(w.build(), RPGConfig(mode="delta", dof=LORA_R8_MINILM, target_modules=targets))
-        model.to(DEVICE)
+        model.to(device)
         steps[name] = train_step_fn(model, batch)
         steps[name]()  # builds the reusable buffer, counted below
         engine = model._engine
