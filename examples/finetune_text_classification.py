@@ -46,6 +46,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.checkpoint import checkpoint_bytes
+from hf_rpg.cli import parse_dof
 from hf_rpg.data import find_rt_polarity, load_rt_polarity, minilm_path
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
@@ -54,14 +55,6 @@ DEFAULT_DOF = {"delta": 0.01, "replace": 0.5}
 # want a larger step than a dense fine-tune; replace mode keeps the dense recipe's.
 DEFAULT_LR = {"delta": 5e-4, "replace": 5e-5}
 DENSE_LR = 5e-5
-
-
-def parse_dof(text: str) -> int | float:
-    """``--dof``: an int is a ring size, a number with a point or exponent a fraction."""
-    try:
-        return float(text) if any(c in text for c in ".eE") else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--dof must be an int or a float in (0, 1], got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,19 +38,13 @@ from tqdm.auto import tqdm
 
 from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.checkpoint import checkpoint_bytes
+from hf_rpg.cli import parse_dof
 from hf_rpg.data import find_fashion_mnist, image_tensors, load_image_dataset
+from hf_rpg.demo import build_digits_model
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 # digits are 8x8: upsampled to 16x16 so that the ResNet stem and ViT patches have room.
 IMAGE_SIZE = {"digits": 16, "fashion_mnist": 28}
-
-
-def parse_dof(text: str) -> int | float:
-    """``--dof``: an int is a ring size, a number with a point or exponent a fraction."""
-    try:
-        return float(text) if any(c in text for c in ".eE") else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--dof must be an int or a float in (0, 1], got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,34 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=Path("outputs/image-classification"))
     p.add_argument("--seed", type=int, default=0)
     return p
-
-
-def build_model(kind: str, image_size: int, num_labels: int) -> nn.Module:
-    """A small transformers ResNet (~74k parameters) or ViT (~70k) for one-channel images."""
-    if kind == "resnet":
-        config = transformers.ResNetConfig(
-            num_channels=1,
-            embedding_size=16,
-            hidden_sizes=[32, 64],
-            depths=[1, 1],
-            layer_type="basic",
-            downsample_in_first_stage=False,
-            num_labels=num_labels,
-        )
-        return transformers.ResNetForImageClassification(config)
-    config = transformers.ViTConfig(
-        image_size=image_size,
-        patch_size=4,
-        num_channels=1,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=num_labels,
-    )
-    return transformers.ViTForImageClassification(config)
 
 
 def collate(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -204,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     train_loader, test_loader = accelerator.prepare(train_loader, test_loader)
 
-    dense = build_model(args.model, IMAGE_SIZE[args.dataset], len(labels))
+    dense = build_digits_model(args.model, IMAGE_SIZE[args.dataset], len(labels))
     dense.config.id2label = dict(enumerate(labels))
     dense.config.label2id = {name: i for i, name in enumerate(labels)}
     rpg = apply_rpg(copy.deepcopy(dense), RPGConfig(dof=args.dof, seed=args.seed, mode=args.mode))

@@ -12,8 +12,9 @@ from . import __version__
 from .errors import RPGError
 
 
-def _dof(text: str) -> float | int:
-    """``--dof``: an int is a ring size, a number with a point a fraction."""
+def parse_dof(text: str) -> float | int:
+    """``--dof`` of the command line and the examples: an int is a ring size, a number
+    with a point or an exponent a fraction."""
     try:
         return float(text) if any(c in text for c in ".eE") else int(text)
     except ValueError:
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a tiny model on digits, dense vs RPG (offline, < 2 min)")
     demo.add_argument("--model", choices=("resnet", "vit"), default="resnet")
-    demo.add_argument("--dof", type=_dof, default=0.25, help="ring size (int) or fraction (float), default 0.25")
+    demo.add_argument("--dof", type=parse_dof, default=0.25, help="ring size (int) or fraction (float), default 0.25")
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--lr", type=float, default=1e-2)
     demo.add_argument("--seed", type=int, default=0)

@@ -73,14 +73,14 @@ def _plain_number(value: Any) -> Any:
     """
     if value is None or type(value) in (bool, int, float, str):
         return value
-    if isinstance(value, numbers.Integral) and not isinstance(value, np_bool_types()):
+    if isinstance(value, numbers.Integral) and not isinstance(value, _np_bool_types()):
         return int(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, np_bool_types()):
+    if isinstance(value, numbers.Real) and not isinstance(value, _np_bool_types()):
         return float(value)
     return value
 
 
-def np_bool_types() -> tuple[type, ...]:
+def _np_bool_types() -> tuple[type, ...]:
     """NumPy's bool scalar type when NumPy is imported (it is not a ``numbers.Integral``)."""
     numpy = sys.modules.get("numpy")
     return (numpy.bool_,) if numpy is not None else ()

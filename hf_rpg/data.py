@@ -36,6 +36,8 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from .demo import DIGITS_TEST_SIZE
+
 RT_POLARITY_ENV = "HF_RPG_RT_POLARITY_DIR"
 FASHION_MNIST_ENV = "HF_RPG_FASHION_MNIST_DIR"
 MINILM_ENV = "HF_RPG_MINILM_PATH"
@@ -67,7 +69,6 @@ FASHION_MNIST_LABELS = [
     "Bag",
     "Ankle boot",
 ]
-DIGITS_TEST_SIZE = 360  # as hf_rpg.demo
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/) -> big-endian numpy dtypes.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

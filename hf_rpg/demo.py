@@ -50,8 +50,9 @@ def load_digits_split(seed: int = 0, upsample: int = 2) -> DigitsData:
     return DigitsData(images[:cut], labels[:cut], images[cut:], labels[cut:])
 
 
-def build_digits_model(kind: str = "resnet", image_size: int = 16) -> nn.Module:
-    """A tiny transformers ResNet (73k parameters) or ViT (69k) for 10 classes."""
+def build_digits_model(kind: str = "resnet", image_size: int = 16, num_labels: int = 10) -> nn.Module:
+    """A tiny transformers ResNet (73k parameters) or ViT (69k) for one-channel images
+    (digits, Fashion-MNIST) of ``num_labels`` classes."""
     if kind == "resnet":
         from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -62,7 +63,7 @@ def build_digits_model(kind: str = "resnet", image_size: int = 16) -> nn.Module:
             depths=[1, 1],
             layer_type="basic",
             downsample_in_first_stage=False,
-            num_labels=10,
+            num_labels=num_labels,
         )
         return ResNetForImageClassification(config)
     if kind == "vit":
@@ -78,7 +79,7 @@ def build_digits_model(kind: str = "resnet", image_size: int = 16) -> nn.Module:
             intermediate_size=128,
             hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
-            num_labels=10,
+            num_labels=num_labels,
         )
         return ViTForImageClassification(config)
     raise ValueError(f"model must be 'resnet' or 'vit', got {kind!r}")
