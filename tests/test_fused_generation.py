@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from conftest import MODELS
+from conftest import MODELS, forward_backward
 
 import hf_rpg.engine
 from hf_rpg import RPGConfig, apply_rpg
@@ -18,16 +18,6 @@ from hf_rpg import RPGConfig, apply_rpg
 
 def _fused_on_cpu(engine, device):
     return engine.cache_indices
-
-
-def _run(model, batch):
-    model.train()
-    model.zero_grad(set_to_none=True)
-    loss = model(**batch).loss
-    loss.backward()
-    weights = {name: w.detach().clone() for name, w in model.generated_weights()}
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), weights, grads
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -43,9 +33,9 @@ def test_fused_path_matches_the_per_target_path(name, mode, monkeypatch):
             ring.normal_(generator=torch.Generator().manual_seed(2))
             fused.rpg_rings[ring_name].copy_(ring)
     batch = tiny.batch(0)
-    loss_a, weights_a, grads_a = _run(per_target, batch)
+    loss_a, weights_a, grads_a = forward_backward(per_target, batch)
     monkeypatch.setattr(hf_rpg.engine, "_fused_applies", _fused_on_cpu)
-    loss_b, weights_b, grads_b = _run(fused, batch)
+    loss_b, weights_b, grads_b = forward_backward(fused, batch)
     for key, weight in weights_a.items():
         assert torch.equal(weights_b[key], weight), key
     assert torch.equal(loss_a, loss_b)

@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 import torch
+from conftest import torch_threads
 
 from hf_rpg import generator as G
 from hf_rpg.generator import (
@@ -93,8 +94,8 @@ def test_chunking_does_not_change_anything():
     total, size = 50_001, 977
     key = derive_key(42, "default")
     whole = build_signed_index(total, size, key)
-    for chunk in (1, 7, 1000, 1 << 16):
-        assert torch.equal(build_signed_index(total, size, key, chunk=chunk), whole) if chunk > 1 else True
+    for chunk in (7, 1000, 1 << 16):  # one-element chunks: test_single_position_chunks_match
+        assert torch.equal(build_signed_index(total, size, key, chunk=chunk), whole)
     assert torch.equal(build_signed_index(total, size, key, start=123, stop=4567, chunk=333), whole[123:4567])
     shuffled = torch.randperm(total, generator=torch.Generator().manual_seed(0))
     assert torch.equal(signed_indices(shuffled, total, size, key), whole[shuffled])
@@ -111,14 +112,10 @@ def test_single_position_chunks_match():
 def test_thread_count_does_not_change_anything():
     total, size = 300_000, 12345
     key = derive_key(9, "default")
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one = build_signed_index(total, size, key)
-        torch.set_num_threads(2)
+    with torch_threads(2):
         two = build_signed_index(total, size, key)
-    finally:
-        torch.set_num_threads(before)
     assert torch.equal(one, two)
 
 

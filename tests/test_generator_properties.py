@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_bert_mlm
+from conftest import make_bert_mlm, torch_threads
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -249,15 +249,11 @@ def test_golden_vectors_of_the_smallest_sizes():
 
 
 def _generated(threads: int, index_cache: str) -> dict[str, torch.Tensor]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         torch.manual_seed(0)
         model = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.1, seed=2**40 + 3, index_cache=index_cache))
         with torch.no_grad():
             return {name: w.clone() for name, w in model.generated_weights()}
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_generated_weights_are_identical_with_1_and_2_threads_and_without_the_cache():

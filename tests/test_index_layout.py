@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from conftest import MODELS
+from conftest import MODELS, forward_backward, torch_threads
 
 import hf_rpg.engine
 from hf_rpg import RPGConfig, apply_rpg, index_layout
@@ -31,16 +31,6 @@ def _pair(name: str, monkeypatch, **config):
     return tiny, signed, sign_bit
 
 
-def _step(model, batch):
-    model.train()
-    for ring in model.rpg_rings.values():
-        ring.grad = None
-    loss = model(**batch).loss
-    loss.backward()
-    weights = {name: w.detach().clone() for name, w in model.generated_weights()}
-    return loss.detach(), weights, {n: r.grad.clone() for n, r in model.rpg_rings.items()}
-
-
 @pytest.mark.parametrize("name", ["bert_cls", "gpt2", "resnet"])
 @pytest.mark.parametrize("mode", ["replace", "delta"])
 def test_sign_bit_layout_gives_the_same_weights_and_gradients(name, mode, monkeypatch):
@@ -51,14 +41,15 @@ def test_sign_bit_layout_gives_the_same_weights_and_gradients(name, mode, monkey
             for ring_name, ring in signed.rpg_rings.items():
                 ring.normal_(generator=torch.Generator().manual_seed(1))
                 sign_bit.rpg_rings[ring_name].copy_(ring)
-    loss_a, weights_a, grads_a = _step(signed, batch)
-    loss_b, weights_b, grads_b = _step(sign_bit, batch)
+    loss_a, weights_a, grads_a = forward_backward(signed, batch)
+    loss_b, weights_b, grads_b = forward_backward(sign_bit, batch)
     assert weights_a.keys() == weights_b.keys()
     for key, weight in weights_a.items():
         assert torch.equal(weights_b[key], weight), key  # the gather is exact in both layouts
     assert torch.equal(loss_a, loss_b)
-    for ring_name, grad in grads_a.items():
-        torch.testing.assert_close(grads_b[ring_name], grad, rtol=1e-5, atol=1e-7)
+    assert grads_a.keys() == grads_b.keys()
+    for key, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[key], grad, rtol=1e-5, atol=1e-7, msg=key)
     assert sign_bit._engine.index_cache_bytes() == signed._engine.index_cache_bytes()  # still 4 B/element
     assert not any(signed._engine._sign_bit.values()) and all(sign_bit._engine._sign_bit.values())
 
@@ -68,9 +59,9 @@ def test_sign_bit_layout_with_tied_weights(monkeypatch):
     (BertForSequenceClassification above covers the looked-up-rows path of an untied one.)"""
     tiny, signed, sign_bit = _pair("bert_mlm", monkeypatch, dof=0.5)
     batch = tiny.batch(1)
-    _, _, grads_a = _step(signed, batch)
-    _, _, grads_b = _step(sign_bit, batch)
-    torch.testing.assert_close(grads_b["default"], grads_a["default"], rtol=1e-5, atol=1e-7)
+    _, _, grads_a = forward_backward(signed, batch)
+    _, _, grads_b = forward_backward(sign_bit, batch)
+    torch.testing.assert_close(grads_b["rpg_rings.default"], grads_a["rpg_rings.default"], rtol=1e-5, atol=1e-7)
 
 
 def test_sign_bit_layout_in_parallel_blocks(monkeypatch):
@@ -79,16 +70,12 @@ def test_sign_bit_layout_in_parallel_blocks(monkeypatch):
     batch = tiny.batch(2)
     monkeypatch.setattr(index_layout, "BLOCK", 100)
     monkeypatch.setattr(hf_rpg.engine, "PARALLEL_CHUNK", 512)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        _, weights_a, grads_a = _step(signed, batch)
-        _, weights_b, grads_b = _step(sign_bit, batch)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(2):
+        _, weights_a, grads_a = forward_backward(signed, batch)
+        _, weights_b, grads_b = forward_backward(sign_bit, batch)
     for key, weight in weights_a.items():
         assert torch.equal(weights_b[key], weight), key
-    torch.testing.assert_close(grads_b["default"], grads_a["default"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grads_b["rpg_rings.default"], grads_a["rpg_rings.default"], rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

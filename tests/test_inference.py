@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import make_bert_cls, make_bert_mlm
+from conftest import make_bert_cls, make_bert_mlm, torch_threads
 
 import hf_rpg.engine
 from hf_rpg import RPGConfig, apply_rpg
@@ -144,14 +144,10 @@ def test_parallel_gather_and_scatter_on_several_threads(monkeypatch):
     model.rpg_rings["default"].grad = None
 
     monkeypatch.setattr(hf_rpg.engine, "PARALLEL_CHUNK", 512)  # small enough to split this tiny model
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         assert hf_rpg.engine._workers(torch.device("cpu"), 10_000) == 2
         model(**batch).loss.backward()
         parallel_weights = {name: w.detach().clone() for name, w in model.generated_weights()}
-    finally:
-        torch.set_num_threads(threads)
     for name, weight in serial_weights.items():
         assert torch.equal(parallel_weights[name], weight), name  # gathers are exact
     torch.testing.assert_close(model.rpg_rings["default"].grad, serial_grad, rtol=1e-5, atol=1e-7)
