@@ -178,7 +178,7 @@ def save_checkpoint(
     safe_serialization: bool = True,
     model_card: bool = True,
     card_info: dict[str, Any] | None = None,
-    **ignored: Any,
+    max_shard_size: int | str | None = None,
 ) -> Path:
     """Write the compact checkpoint of ``model`` into ``save_directory``, atomically.
 
@@ -196,8 +196,9 @@ def save_checkpoint(
             always safetensors.
         model_card: Write ``README.md`` (an existing card not written by hf_rpg is kept).
         card_info: Extra model card fields (``metrics``, ``datasets``, ``model_name``...).
-        **ignored: Other ``save_pretrained`` arguments of transformers (``max_shard_size``,
-            ``push_to_hub`` ...) are accepted and ignored.
+        max_shard_size: Accepted for transformers compatibility and ignored: the weights
+            file holds only rings and a few parameters, one file. Any other keyword is an
+            error.
 
     Raises:
         RPGCheckpointError: The directory cannot be written (the message says what state

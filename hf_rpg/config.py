@@ -19,12 +19,14 @@ Init = Literal["random", "project"]
 Gain = Literal["auto", "kaiming_fan_in", "kaiming_fan_out"]
 OtherParameters = Literal["train", "head", "freeze"]
 IndexCache = Literal["int32", "none"]
+RingDtype = Literal["float32", "float64", "bfloat16", "float16"]
 
 MODES = ("replace", "delta")
 INITS = ("random", "project")
 GAINS = ("auto", "kaiming_fan_in", "kaiming_fan_out")
 OTHER_PARAMETERS = ("train", "head", "freeze")
 INDEX_CACHES = ("int32", "none")
+RING_DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEFAULT_RING = "default"
 # Ring names become safetensors keys and ParameterDict keys: keep them plain.
 RING_NAME_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
@@ -123,8 +125,20 @@ class RPGConfig:
             fan-out). A positive float uses that value for every tensor.
         other_parameters: What happens to parameters that are not generated (biases,
             norms, heads): ``"train"`` keeps them trainable, ``"head"`` trains only the
-            task head(s) and freezes the rest, ``"freeze"`` freezes them all. ``None``
-            means ``"train"`` in replace mode and ``"head"`` in delta mode.
+            new task head(s) and freezes the rest, ``"freeze"`` freezes them all. ``None``
+            means ``"train"`` in replace mode and ``"head"`` in delta mode. As in PEFT, a
+            task head is a classification / token-classification / regression head
+            (``classifier``, ``score``...); the head of a causal, masked or seq2seq
+            language model (its output embeddings, tied or not) is never trained by
+            ``"head"``: only the ring is.
+        modules_to_save: PEFT's option: modules (same matching rules as
+            ``target_modules``) whose parameters are trained and stored in full. When
+            given, it replaces the default choice of task heads of ``"head"``; with any
+            ``other_parameters`` these modules are trained. Recorded in checkpoints:
+            what a delta checkpoint stores follows it, not ``requires_grad`` at save time.
+        ring_dtype: dtype of the ring(s), ``"float32"`` by default whatever the model's
+            dtype, so that optimizer updates smaller than a bf16 weight's resolution are
+            kept. Each generated weight is cast to its own tensor's dtype after generation.
         index_cache: ``"int32"`` keeps a compact index cache (4 bytes per generated
             element, never saved); ``"none"`` recomputes indices on the fly (0 bytes).
         embedding_rows: Generate only the looked-up rows of untied embeddings during
@@ -146,6 +160,8 @@ class RPGConfig:
     rings: dict[str, str | list[str]] | None = None
     gain: Gain | float = "auto"
     other_parameters: OtherParameters | None = None
+    modules_to_save: Pattern = None
+    ring_dtype: RingDtype = "float32"
     index_cache: IndexCache = "int32"
     embedding_rows: bool = True
     inference_cache: bool = True
@@ -176,6 +192,8 @@ class RPGConfig:
         self._validate_gain()
         if self.other_parameters is not None:
             self._check_choice("other_parameters", self.other_parameters, OTHER_PARAMETERS)
+        self.modules_to_save = _check_pattern("modules_to_save", self.modules_to_save)
+        self._check_choice("ring_dtype", self.ring_dtype, RING_DTYPES)
         self._check_choice("index_cache", self.index_cache, INDEX_CACHES)
         for name in ("embedding_rows", "inference_cache"):
             if not isinstance(getattr(self, name), bool):
@@ -236,6 +254,13 @@ class RPGConfig:
             )
         elif isinstance(gain, int):
             self.gain = float(gain)
+
+    @property
+    def torch_ring_dtype(self):
+        """``ring_dtype`` as a ``torch.dtype``."""
+        import torch
+
+        return getattr(torch, self.ring_dtype)
 
     @property
     def resolved_other_parameters(self) -> str:

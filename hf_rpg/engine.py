@@ -1,287 +1,85 @@
-"""Generating weights from the ring(s): index caches, autograd, and when to (re)generate.
+"""When generated weights exist: per layer in training, once per ring version in inference.
 
-When generation happens:
+- **Training** (grad enabled): a target's weight is generated when its owner module runs
+  — inside the owner's ``forward``, after the owner's pre-forward hooks (FSDP's unshard
+  among them) — used by the owner's own forward, and released when it returns. Autograd
+  does not keep it: while the owner runs, a saved-tensor hook replaces every tensor that
+  shares the weight's memory with a small token, and backward regenerates the weight from
+  the ring when it needs it. The generating autograd function itself saves nothing per
+  element (``hf_rpg.ring_autograd``). So only the weights of the layers computing right
+  now exist, the same trade activation checkpointing makes, applied to weights: one more
+  gather per weight in backward. Under gradient checkpointing the recomputed forward
+  generates again, and under ``torch.compile`` the compiled graph decides what it saves.
+  Untied plain ``nn.Embedding`` s generate only the rows a batch looks up.
+- **Inference** (no grad, model in eval mode, ``inference_cache=True``): the weights are
+  generated once and reused until a ring changes (its version counter moves, as every
+  optimizer step and ``load_state_dict`` does). ``RPGModel.clear_cache()`` drops them.
+- **Elsewhere** (a weight read outside its owner's forward): generated on each access.
 
-- **Training** (grad enabled): each ``RPGModel.forward`` generates every targeted weight
-  once, up front, and all owners use those tensors for the rest of the pass. Generating
-  before the base model runs keeps generation outside gradient-checkpointed regions, so
-  recomputation sees the same weight tensors. Untied embeddings generate only the rows
-  that are looked up.
-- **Inference** (no grad, ``inference_cache=True``): the weights are generated once and
-  reused until a ring changes (its version counter moves, as every optimizer step and
-  ``load_state_dict`` does). ``RPGModel.clear_cache()`` drops them.
-- **Elsewhere** (a weight read outside a forward, with grad): generated on each access.
+Each generated weight has its own target's dtype and device (a bf16 base keeps an fp32
+ring; the weight is cast after generation, so the cast is the only rounding).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from . import index_layout
+from .errors import RPGStateError
 from .generator import GeneratorKey, build_signed_index, derive_key, signed_indices
 from .layout import Layout, TargetLayout
+from .ring_autograd import _GenerateFromRing, _Request, buffer_is_free
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable
 
     from torch import nn
 
+    from .parametrize import GeneratedSource
+
+# Freed generated weights are kept for reuse up to this many bytes (or four times the
+# largest target, if more): first-touching fresh pages costs about as much as the gather
+# itself on CPU, and reusing memory keeps the per-layer engine as fast as generating all
+# weights into one buffer, without holding a dense copy of a large model.
+POOL_MIN_BYTES = 256 << 20
+
 
 @dataclass(frozen=True)
-class _Request:
-    """One tensor to generate: its layout and, in delta mode, the frozen base it adds to."""
+class TargetSpec:
+    """How a target is served: dtype and device of its weight (replace mode), and where
+    its frozen base lives (delta mode: ``module._parameters[attr]``, read at each use)."""
 
-    target: TargetLayout
-    base: torch.Tensor | None
-
-
-def _storage_refs(tensor: torch.Tensor) -> int:
-    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
-
-
-try:  # a private torch API; without it buffers are simply never reused
-    _ALONE_REFS = _storage_refs(torch.empty(1))
-except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
-    _ALONE_REFS = None
+    dtype: torch.dtype
+    device: torch.device
+    serving: str = "replace"
+    base_slot: tuple[nn.Module, str] | None = None
 
 
-def buffer_is_free(buffer: torch.Tensor) -> bool:
-    """True when nothing but ``buffer`` itself holds its storage: no view of it is alive,
-    in particular none saved by an autograd graph that has not run backward yet."""
-    return _ALONE_REFS is not None and _storage_refs(buffer) <= _ALONE_REFS
+@dataclass(frozen=True)
+class _Regenerate:
+    """What autograd keeps instead of a generated weight (or a view of it)."""
 
-
-# torch runs index_select and index_add_ on one CPU thread; above this many elements the
-# gather and the scatter are split in chunks over torch.get_num_threads() Python threads
-# (torch releases the GIL inside its kernels).
-PARALLEL_CHUNK = 1 << 18
-_pool: ThreadPoolExecutor | None = None
-
-
-def _workers(device: torch.device, elements: int) -> int:
-    if device.type != "cpu" or torch.compiler.is_compiling():
-        return 1  # GPU kernels are parallel already; under torch.compile, no Python threads
-    return max(1, min(torch.get_num_threads(), elements // PARALLEL_CHUNK))
-
-
-def _run(workers: int, jobs: list[Callable[[], None]]) -> None:
-    """Run ``jobs`` on ``workers`` threads (in the calling thread when ``workers`` is 1)."""
-    global _pool
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            job()
-        return
-    if _pool is None or _pool._max_workers < workers:
-        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf_rpg")
-    for future in [_pool.submit(job) for job in jobs]:
-        future.result()
-
-
-def _chunks(length: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` near-equal (start, length) spans of ``range(length)``."""
-    bounds = [length * i // parts for i in range(parts + 1)]
-    return [(a, b - a) for a, b in itertools.pairwise(bounds) if b > a]
-
-
-class _GenerateFromRing(torch.autograd.Function):
-    """``W_t = gain_t * [ring, -ring][index_t]`` (+ ``base_t``) for several targets of one ring.
-
-    Backward scatter-adds ``gain_t * dL/dW_t`` into the signed ring and folds it:
-    ``grad_ring = grad_signed[:N] - grad_signed[N:]``; large CPU rings use the sign-bit
-    layout instead, with the same weights (see ``index_layout``). Indices come from the engine (the
-    int32 cache, or recomputed from the seed), so nothing per-element is saved for backward.
-    With ``out`` (a flat buffer, one slice per request) the weights are written into it
-    instead of fresh memory: first-touching fresh pages costs as much as the gather itself.
-    On CPU with several torch threads the gather and the scatter run in parallel chunks;
-    the weights are the same bit for bit, the ring gradient is summed per thread. On GPUs
-    the targets are generated together (``_fused_gather`` / ``_fused_scatter``): a few
-    kernels per ring instead of a few per target.
-    """
-
-    @staticmethod
-    def forward(
-        ctx,
-        ring: torch.Tensor,
-        engine: WeightEngine,
-        ring_name: str,
-        requests: list[_Request],
-        out: torch.Tensor | None,
-    ):
-        sign_bit = engine.sign_bit_layout(ring_name, ring.device)
-        # detached: grad mode is per thread, and the worker threads have it on
-        table = ring.detach() if sign_bit else torch.cat((ring, ring.neg()))
-        ctx.engine, ctx.ring_name, ctx.requests = engine, ring_name, requests
-        ctx.ring_size, ctx.sign_bit = ring.shape[0], sign_bit
-        ctx.set_materialize_grads(False)
-        total = sum(r.target.numel for r in requests)
-        if not sign_bit and _fused_applies(engine, ring.device):
-            return _fused_gather(engine, ring_name, table, requests, out, total)
-        workers = _workers(ring.device, total)
-        outputs, jobs = [], []
-        position = 0
-        for request in requests:
-            target = request.target
-            index = engine.raw_indices(ring_name, target, ring.device)
-            if out is not None:
-                values = out.narrow(0, position, target.numel)
-                position += target.numel
-            else:
-                values = torch.empty(target.numel, dtype=ring.dtype, device=ring.device)
-            base = request.base.reshape(-1) if request.base is not None else None
-            if base is not None and base.dtype != values.dtype:
-                base = base.to(values.dtype)
-            for start, length in _chunks(target.numel, max(1, workers * target.numel // total)):
-                jobs.append(_gather_job(table, sign_bit, index, values, start, length, target.gain, base))
-            outputs.append(values.view(target.shape))
-        _run(workers, jobs)
-        return tuple(outputs)
-
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor | None):
-        n = ctx.ring_size
-        work = [(r, g) for r, g in zip(ctx.requests, grads, strict=True) if g is not None]
-        if not work:
-            return None, None, None, None, None
-        device, dtype = work[0][1].device, work[0][1].dtype
-        if not ctx.sign_bit and _fused_applies(ctx.engine, device):
-            grad_signed = _fused_scatter(ctx.engine, ctx.ring_name, work, 2 * n, dtype)
-            return grad_signed[:n] - grad_signed[n:], None, None, None, None
-        total = sum(r.target.numel for r, _ in work)
-        workers = _workers(device, total)
-        spans = []  # (index, grad, gain) pieces, dealt to the workers round-robin
-        for request, grad in work:
-            index = ctx.engine.raw_indices(ctx.ring_name, request.target, device)
-            flat = grad.reshape(-1)
-            for start, length in _chunks(flat.numel(), max(1, workers * flat.numel() // total)):
-                spans.append((index.narrow(0, start, length), flat.narrow(0, start, length), request.target.gain))
-        size = n if ctx.sign_bit else 2 * n
-        partials = [torch.zeros(size, dtype=dtype, device=device) for _ in range(min(workers, len(spans)))]
-        jobs = [_scatter_job(partial, ctx.sign_bit, spans[i :: len(partials)]) for i, partial in enumerate(partials)]
-        _run(len(partials), jobs)
-        grad_table = partials[0]
-        for partial in partials[1:]:
-            grad_table += partial
-        grad_ring = grad_table if ctx.sign_bit else grad_table[:n] - grad_table[n:]
-        return grad_ring, None, None, None, None
-
-
-def _fused_applies(engine: WeightEngine, device: torch.device) -> bool:
-    """Whether a ring's targets are generated with a few whole-ring kernels instead of a
-    few per target: on GPUs, where a small model's step is bound by kernel launches and
-    each target's gather would be one more launch. Needs the index cache (contiguous
-    indices for consecutive targets)."""
-    return device.type != "cpu" and engine.cache_indices
-
-
-def _contiguous_runs(targets: list[TargetLayout]) -> list[tuple[int, int]]:
-    """(first, stop) ranges of list positions whose targets follow one another in the ring."""
-    runs, first = [], 0
-    for i in range(1, len(targets) + 1):
-        if i == len(targets) or targets[i].offset != targets[i - 1].offset + targets[i - 1].numel:
-            runs.append((first, i))
-            first = i
-    return runs
-
-
-def _fused_gather(
-    engine: WeightEngine,
-    ring_name: str,
-    table: torch.Tensor,
-    requests: list[_Request],
-    out: torch.Tensor | None,
-    total: int,
-) -> tuple[torch.Tensor, ...]:
-    """The forward in one gather per run of consecutive targets, then the gains and the
-    delta bases as multi-tensor (foreach) ops: the same arithmetic per element, so the
-    same bits as the per-target path."""
-    if out is None:
-        out = torch.empty(total, dtype=table.dtype, device=table.device)
-    index = engine._ring_index(ring_name, table.device)
-    targets = [r.target for r in requests]
-    views, position = [], 0
-    for target in targets:
-        views.append(out.narrow(0, position, target.numel))
-        position += target.numel
-    position = 0
-    for first, stop in _contiguous_runs(targets):
-        length = sum(t.numel for t in targets[first:stop])
-        span = index.narrow(0, targets[first].offset, length)
-        torch.index_select(table, 0, span, out=out.narrow(0, position, length))
-        position += length
-    torch._foreach_mul_(views, [t.gain for t in targets])
-    based = [(v, r.base.reshape(-1).to(v.dtype)) for v, r in zip(views, requests, strict=True) if r.base is not None]
-    if based:
-        torch._foreach_add_([v for v, _ in based], [b for _, b in based])
-    return tuple(v.view(t.shape) for v, t in zip(views, targets, strict=True))
-
-
-def _fused_scatter(
-    engine: WeightEngine, ring_name: str, work: list[tuple[_Request, torch.Tensor]], size: int, dtype: torch.dtype
-) -> torch.Tensor:
-    """The backward in one scatter-add per run of consecutive targets: the gradients are
-    concatenated and scaled by their gains with a multi-tensor op first."""
-    device = work[0][1].device
-    index = engine._ring_index(ring_name, device)
-    grad_signed = torch.zeros(size, dtype=dtype, device=device)
-    targets = [r.target for r, _ in work]
-    for first, stop in _contiguous_runs(targets):
-        grads = torch.cat([g.reshape(-1).to(dtype) for _, g in work[first:stop]])
-        pieces = list(grads.split([t.numel for t in targets[first:stop]]))
-        torch._foreach_mul_(pieces, [t.gain for t in targets[first:stop]])
-        span = index.narrow(0, targets[first].offset, grads.numel())
-        grad_signed.index_add_(0, span, grads)
-    return grad_signed
-
-
-def _gather_job(
-    table: torch.Tensor,
-    sign_bit: bool,
-    index: torch.Tensor,
-    values: torch.Tensor,
-    start: int,
-    length: int,
-    gain: float,
-    base: torch.Tensor | None,
-) -> Callable[[], None]:
-    def job() -> None:
-        piece = values.narrow(0, start, length)
-        part = base.narrow(0, start, length) if base is not None else None
-        if sign_bit:
-            index_layout.gather_sign_bit(table, index.narrow(0, start, length), piece, gain, part)
-            return
-        torch.index_select(table, 0, index.narrow(0, start, length), out=piece)
-        piece.mul_(gain)
-        if part is not None:
-            piece.add_(part)
-
-    return job
-
-
-def _scatter_job(grad_table: torch.Tensor, sign_bit: bool, spans: list[tuple[torch.Tensor, torch.Tensor, float]]):
-    def job() -> None:
-        for index, grad, gain in spans:
-            if sign_bit:
-                index_layout.scatter_sign_bit_(grad_table, index, grad, gain)
-            else:
-                grad_table.index_add_(0, index, grad.to(grad_table.dtype), alpha=gain)
-
-    return job
+    target_id: int
+    versions: tuple[int, ...]
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int
+    update_only: bool
+    dtype: torch.dtype
+    device: torch.device
 
 
 class WeightEngine:
     """Generates the targeted tensors of one RPG model from its rings.
 
-    It holds the layout, the generator keys, the int32 index caches (never saved) and the
-    per-pass and inference weight caches. Rings are looked up on ``root.rpg_rings`` at each
-    use, so device moves, dtype casts and wrappers that swap Parameters are followed.
+    It holds the layout, the generator keys, the int32 index caches (never saved), the
+    weights alive in the owners running now, and the inference cache. Rings are looked up
+    on ``root.rpg_rings`` at each use, so device moves, dtype casts and wrappers that swap
+    Parameters (FSDP) are followed.
     """
 
     def __init__(
@@ -290,7 +88,7 @@ class WeightEngine:
         layout: Layout,
         seed: int,
         *,
-        delta_bases: dict[int, tuple[nn.Module, str]] | None = None,
+        specs: list[TargetSpec],
         rowwise: set[int] | None = None,
         cache_indices: bool = True,
         inference_cache: bool = True,
@@ -299,19 +97,29 @@ class WeightEngine:
         self.layout = layout
         self.seed = seed
         self.keys: dict[str, GeneratorKey] = {name: derive_key(seed, name) for name in layout.rings}
-        self.delta_bases = delta_bases or {}
+        self.specs = list(specs)
         self.rowwise = rowwise or set()
         self.cache_indices = cache_indices
         self.inference_cache = inference_cache
         self._index: dict[str, torch.Tensor] = {}
         self._sign_bit: dict[str, bool] = {}
         self._index_for: dict[str, int] = {}  # ring itemsize the layout was picked for
-        self._pass_weights: dict[int, torch.Tensor] | None = None
-        self._pass_depth = 0
         self._materialized: dict[int, torch.Tensor] | None = None
         self._materialized_key: tuple | None = None
-        self._buffers: dict[str, torch.Tensor] = {}
+        self._live: dict[int, torch.Tensor] = {}  # target id -> weight of an owner running now
+        self._live_storage: dict[int, tuple[int, torch.Tensor]] = {}  # storage ptr -> (id, weight)
+        self._scope_depth: dict[int, int] = {}
+        self._pool: dict[tuple[int, torch.dtype, torch.device], list[torch.Tensor]] = {}
+        self._pool_bytes = 0
+        largest = max((t.numel for t in layout.targets), default=0)
+        self._pool_cap = max(POOL_MIN_BYTES, 4 * 4 * largest)
         self.enabled = True
+        self.update_enabled = True  # False inside RPGModel.disable_rpg(): the untouched base runs
+
+    @property
+    def delta_bases(self) -> dict[int, tuple[nn.Module, str]]:
+        """Target id -> ``(module, attr)`` of its frozen base (delta mode)."""
+        return {tid: spec.base_slot for tid, spec in enumerate(self.specs) if spec.base_slot is not None}
 
     # ------------------------------------------------------------------ indices
 
@@ -396,49 +204,91 @@ class WeightEngine:
         return self.root.rpg_rings[name]
 
     def _base(self, target_id: int) -> torch.Tensor | None:
-        slot = self.delta_bases.get(target_id)
+        slot = self.specs[target_id].base_slot
         return None if slot is None else slot[0]._parameters[slot[1]]
 
-    def _reusable_buffer(self, ring_name: str, ring: torch.Tensor, numel: int) -> torch.Tensor:
-        """The ring's flat output buffer for one training pass, reused when no graph still
-        holds the previous pass's weights (gradient accumulation included), else fresh."""
-        buffer = self._buffers.get(ring_name)
-        if (
-            buffer is None
-            or buffer.numel() != numel
-            or buffer.device != ring.device
-            or buffer.dtype != ring.dtype
-            or not buffer_is_free(buffer)
-        ):
-            buffer = torch.empty(numel, dtype=ring.dtype, device=ring.device)
-            self._buffers[ring_name] = buffer
+    def _merged_base(self, target_id: int) -> torch.Tensor | None:
+        """The base added inside the generation (delta mode with a dense base)."""
+        return self._base(target_id) if self.specs[target_id].serving == "merged" else None
+
+    def _out_dtype_device(self, target_id: int) -> tuple[torch.dtype, torch.device]:
+        base = self._merged_base(target_id)
+        if base is not None:
+            return base.dtype, base.device
+        spec = self.specs[target_id]
+        return spec.dtype, spec.device
+
+    def _pooled_buffer(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A flat buffer no autograd graph or live tensor holds, reused across layers and steps."""
+        key = (numel, dtype, device)
+        buffers = self._pool.setdefault(key, [])
+        for buffer in buffers:
+            if buffer_is_free(buffer):
+                return buffer
+        buffer = torch.empty(numel, dtype=dtype, device=device)
+        size = numel * buffer.element_size()
+        if self._pool_bytes + size <= self._pool_cap:
+            buffers.append(buffer)
+            self._pool_bytes += size
         return buffer
 
-    def generate(self, target_ids: list[int], *, reuse_buffer: bool = False) -> dict[int, torch.Tensor]:
-        """Generate the given targets (with autograd to the rings when grad is enabled).
-
-        ``reuse_buffer`` writes them into the ring's reusable buffer; only for tensors that
-        live no longer than one pass (never for the inference cache).
-        """
+    def _raw(self, target_ids: list[int], *, with_base: bool, pooled: bool) -> dict[int, torch.Tensor]:
+        """``gain * G(ring)`` (+ the merged base) in the ring's dtype, with autograd to the
+        rings when grad is enabled."""
         by_ring: dict[str, list[int]] = {}
         for tid in target_ids:
             by_ring.setdefault(self.layout.targets[tid].ring, []).append(tid)
         weights: dict[int, torch.Tensor] = {}
         for ring_name, ids in by_ring.items():
             ring = self.ring(ring_name)
-            requests = [_Request(self.layout.targets[i], self._base(i)) for i in ids]
+            requests = [_Request(self.layout.targets[i], self._merged_base(i) if with_base else None) for i in ids]
             out = None
-            if reuse_buffer:
-                out = self._reusable_buffer(ring_name, ring, sum(r.target.numel for r in requests))
+            if pooled:
+                out = self._pooled_buffer(sum(r.target.numel for r in requests), ring.dtype, ring.device)
             outputs = _GenerateFromRing.apply(ring, self, ring_name, requests, out)
             weights.update(zip(ids, outputs, strict=True))
         return weights
 
+    def generate(self, target_ids: list[int]) -> dict[int, torch.Tensor]:
+        """The full current value of the given targets, each in its own dtype and device
+        (with autograd to the rings when grad is enabled). Quantized (additive) targets
+        give their update ``ΔW`` only: their base cannot be added densely."""
+        raw = self._raw(target_ids, with_base=True, pooled=False)
+        return {tid: self._finish(tid, weight) for tid, weight in raw.items()}
+
+    def _finish(self, target_id: int, weight: torch.Tensor) -> torch.Tensor:
+        if self.specs[target_id].serving == "additive":
+            return weight
+        dtype, device = self._out_dtype_device(target_id)
+        return weight if weight.dtype == dtype and weight.device == device else weight.to(device=device, dtype=dtype)
+
+    def _weight(self, target_id: int) -> torch.Tensor:
+        """One target's weight for a running owner (pooled memory)."""
+        raw = self._raw([target_id], with_base=True, pooled=True)[target_id]
+        return self._finish(target_id, raw)
+
+    def _update(self, target_id: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``ΔW`` of an additive (quantized-base) target, in ``dtype`` on ``device``."""
+        raw = self._raw([target_id], with_base=False, pooled=True)[target_id]
+        return raw if raw.dtype == dtype and raw.device == device else raw.to(device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ inference cache
+
     def _cache_key(self) -> tuple:
-        return tuple(
+        rings = tuple(
             (name, ring._version, ring.data_ptr(), ring.device, ring.dtype)
             for name, ring in ((n, self.ring(n)) for n in self.layout.rings)
         )
+        bases = tuple(
+            (tid, base.data_ptr(), base._version, base.dtype, base.device)
+            for tid in range(len(self.specs))
+            if (base := self._merged_base(tid)) is not None
+        )
+        return rings, bases, tuple((s.dtype, s.device) for s in self.specs)
+
+    def inference_cache_applies(self) -> bool:
+        """Weights are reused across forwards without grad while the model is in eval mode."""
+        return self.inference_cache and not torch.is_grad_enabled() and not self.root.training
 
     def materialized(self) -> dict[int, torch.Tensor]:
         """All weights generated without grad, reused until a ring changes."""
@@ -455,69 +305,174 @@ class WeightEngine:
         self._materialized_key = None
 
     def clear_cache(self) -> None:
-        """Drop the inference weights and the training output buffers (index caches stay)."""
+        """Drop the inference weights and the reusable buffers (index caches stay)."""
         self._drop_inference_weights()
-        self._buffers.clear()
+        self._pool.clear()
+        self._pool_bytes = 0
 
-    @contextmanager
-    def forward_pass(self) -> Iterator[None]:
-        """Scope of one model forward: weights generated once, shared by every owner."""
-        if self._pass_depth > 0:
-            self._pass_depth += 1
-            try:
-                yield
-            finally:
-                self._pass_depth -= 1
-            return
-        if torch.is_grad_enabled():
-            self._drop_inference_weights()  # training resumed: free the inference copy
-            eager = [i for i in range(len(self.layout.targets)) if i not in self.rowwise]
-            weights = self.generate(eager, reuse_buffer=True)
-        elif self.inference_cache:
-            weights = dict(self.materialized())
-        else:
-            weights = self.generate(list(range(len(self.layout.targets))))
-        self._pass_weights = weights
-        self._pass_depth = 1
-        try:
-            yield
-        finally:
-            self._pass_depth = 0
-            self._pass_weights = None
+    def begin_forward(self) -> None:
+        """Called by ``RPGModel.forward``: training frees the inference copy."""
+        if torch.is_grad_enabled() and self._materialized is not None:
+            self._drop_inference_weights()
+
+    # ------------------------------------------------------------------ owners
+
+    def _check_enabled(self) -> None:
+        if not self.enabled:
+            raise RPGStateError("this RPG model was unloaded; use the model merge_and_unload() returned")
 
     def tensor(self, target_id: int) -> torch.Tensor:
         """The current value of a generated tensor (what ``module.weight`` returns)."""
-        if not self.enabled:
-            raise RuntimeError("this RPG model was unloaded; use the model merge_and_unload() returned")
-        if self._pass_weights is not None:
-            weight = self._pass_weights.get(target_id)
-            if weight is None:
-                weight = self._pass_weights[target_id] = self.generate([target_id])[target_id]
-            return weight
-        if not torch.is_grad_enabled() and self.inference_cache:
+        self._check_enabled()
+        if not self.update_enabled:
+            base = self._base(target_id)
+            if base is None:  # pragma: no cover - disable_rpg() refuses replace mode
+                raise RPGStateError("disable_rpg() needs mode='delta'")
+            return base
+        live = self._live.get(target_id)
+        if live is not None:
+            return live
+        if self.inference_cache_applies():
             return self.materialized()[target_id]
-        return self.generate([target_id])[target_id]
+        if target_id not in self._scope_depth:
+            return self.generate([target_id])[target_id]
+        weight = self._weight(target_id)
+        self._keep_live(target_id, weight)
+        return weight
 
-    def _full_weight_if_ready(self, target_id: int) -> torch.Tensor | None:
-        if self._pass_weights is not None and target_id in self._pass_weights:
-            return self._pass_weights[target_id]
-        if not torch.is_grad_enabled() and self.inference_cache:
-            return self.materialized()[target_id]
-        return None
+    def _keep_live(self, target_id: int, weight: torch.Tensor) -> None:
+        self._live[target_id] = weight
+        if weight.requires_grad:
+            self._live_storage[weight.untyped_storage().data_ptr()] = (target_id, weight)
 
-    def embedding(self, module: nn.Embedding, target_id: int, ids: torch.Tensor) -> torch.Tensor:
-        """``module(ids)`` for an untied embedding, generating only the looked-up rows."""
-        weight = self._full_weight_if_ready(target_id)
-        if weight is not None:
+    def _enter(self, target_ids: list[int]) -> None:
+        for tid in target_ids:
+            self._scope_depth[tid] = self._scope_depth.get(tid, 0) + 1
+
+    def _exit(self, target_ids: list[int]) -> None:
+        for tid in target_ids:
+            depth = self._scope_depth[tid] - 1
+            if depth:
+                self._scope_depth[tid] = depth
+                continue
+            del self._scope_depth[tid]
+            weight = self._live.pop(tid, None)
+            if weight is not None and weight.requires_grad:
+                self._live_storage.pop(weight.untyped_storage().data_ptr(), None)
+
+    def _hooks_apply(self) -> bool:
+        # Under torch.compile the compiled graph chooses what to save (and may recompute).
+        return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+    def run_owner(
+        self,
+        module: nn.Module,
+        sources: dict[str, GeneratedSource],
+        forward: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Run an owner's own ``forward`` with its generated weights alive for the call."""
+        self._check_enabled()
+        ids = [source.target_id for source in sources.values()]
+        self._enter(ids)
+        try:
+            if self._hooks_apply():
+                with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+                    return self._call(module, sources, forward, args, kwargs)
+            return self._call(module, sources, forward, args, kwargs)
+        finally:
+            self._exit(ids)
+
+    def _call(self, module, sources, forward, args, kwargs) -> Any:
+        output = forward(module, *args, **kwargs)
+        if not self.update_enabled:
+            return output
+        for source in sources.values():
+            if source.serving == "additive":
+                output = self._add_update(source.target_id, args, kwargs, output)
+        return output
+
+    def _add_update(self, target_id: int, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
+        """``output + x · ΔWᵀ`` for a quantized linear base (its own forward made ``output``)."""
+        x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+        if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
+            raise RPGStateError(
+                f"the delta update of {self.layout.targets[target_id].name!r} needs a layer called with one input "
+                "tensor that returns one tensor"
+            )
+        if self.inference_cache_applies():
+            delta = self.materialized()[target_id].to(device=x.device, dtype=x.dtype)
+        else:
+            delta = self._update(target_id, x.dtype, x.device)
+            self._keep_live(target_id, delta)
+        return output + F.linear(x, delta).to(output.dtype)
+
+    def _pack(self, tensor: torch.Tensor) -> Any:
+        """Saved-tensor hook: a generated weight (or a view of it) becomes a token."""
+        if not self._live_storage:
+            return tensor
+        try:
+            entry = self._live_storage.get(tensor.untyped_storage().data_ptr())
+        except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
+            return tensor
+        if entry is None:
+            return tensor
+        target_id, weight = entry
+        if tensor.dtype != weight.dtype or tensor.device != weight.device:
+            return tensor
+        versions = tuple(self.ring(name)._version for name in self.layout.rings)
+        return _Regenerate(
+            target_id,
+            versions,
+            tuple(tensor.size()),
+            tuple(tensor.stride()),
+            tensor.storage_offset() - weight.storage_offset(),
+            self.specs[target_id].serving == "additive",
+            weight.dtype,
+            weight.device,
+        )
+
+    def _unpack(self, packed: Any) -> torch.Tensor:
+        """Saved-tensor hook: regenerate a weight that autograd needs in backward."""
+        if not isinstance(packed, _Regenerate):
+            return packed
+        versions = tuple(self.ring(name)._version for name in self.layout.rings)
+        if versions != packed.versions:
+            raise RuntimeError(
+                "a ring of this RPG model was modified in place between the forward and the backward pass "
+                "(an optimizer step before backward?); the generated weights needed for the gradient changed"
+            )
+        with torch.no_grad():
+            if packed.update_only:
+                weight = self._update(packed.target_id, packed.dtype, packed.device)
+            else:
+                weight = self._weight(packed.target_id)
+        return weight.as_strided(packed.size, packed.stride, weight.storage_offset() + packed.offset)
+
+    # ------------------------------------------------------------------ embeddings
+
+    def run_rowwise_embedding(self, module: nn.Embedding, target_id: int, args: tuple, kwargs: dict) -> torch.Tensor:
+        """``module(ids)`` for an untied plain ``nn.Embedding``: only the looked-up rows."""
+        self._check_enabled()
+        if len(args) + len(kwargs) != 1:
+            raise TypeError(f"{type(module).__name__}.forward() takes one input tensor")
+        ids = args[0] if args else next(iter(kwargs.values()))
+        if not self.update_enabled:
+            return F.embedding(ids, self._base(target_id), module.padding_idx, module.max_norm, module.norm_type,
+                               module.scale_grad_by_freq, module.sparse)  # fmt: skip
+        if self.inference_cache_applies():
+            weight = self.materialized()[target_id]
             return F.embedding(ids, weight, module.padding_idx, module.max_norm, module.norm_type,
                                module.scale_grad_by_freq, module.sparse)  # fmt: skip
+        return self.embedding_rows(module, target_id, ids)
+
+    def embedding_rows(self, module: nn.Embedding, target_id: int, ids: torch.Tensor) -> torch.Tensor:
+        """The rows ``ids`` of a generated embedding table, with autograd to the ring."""
         target = self.layout.targets[target_id]
-        checkable = not ids.is_cuda and not torch.compiler.is_compiling()  # a host sync / a graph break
-        if checkable and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= target.shape[0]):
-            # F.embedding's own check; elsewhere the index cache lookup fails instead
-            raise IndexError(f"index out of range in self: ids must be in [0, {target.shape[0]})")
+        vocab, dim = target.shape
+        ids = _checked_ids(ids, vocab, self.layout.rings[target.ring].elements, target.offset, dim)
         ring = self.ring(target.ring)
-        dim = target.shape[1]
         columns = torch.arange(dim, device=ids.device, dtype=torch.int64)
         positions = (ids.to(torch.int64).unsqueeze(-1) * dim + columns).add_(target.offset)
         index = self._indices_at(target.ring, positions.flatten())
@@ -525,9 +480,30 @@ class WeightEngine:
         rows = (values * target.gain).view(*ids.shape, dim)
         base = self._base(target_id)
         if base is not None:
-            rows = F.embedding(ids, base) + rows.to(base.dtype)
+            rows = (F.embedding(ids, base).to(rows.dtype) + rows).to(base.dtype)
+        else:
+            dtype, device = self._out_dtype_device(target_id)
+            rows = rows.to(device=device, dtype=dtype)
         if module.padding_idx is not None and rows.requires_grad:
             # as F.embedding does: the padding row receives no gradient
             padding = (ids == module.padding_idx).unsqueeze(-1)
             rows = torch.where(padding, rows.detach(), rows)
         return rows
+
+
+def _checked_ids(ids: torch.Tensor, vocab: int, elements: int, offset: int, dim: int) -> torch.Tensor:
+    """Embedding ids checked against the table size on every path.
+
+    On CPU in eager mode: F.embedding's own ``IndexError``. Elsewhere (CUDA, where a check
+    would sync the host, or under torch.compile) an out-of-range id is mapped to a row past
+    the ring's last position, so the index lookup fails (a device-side assert on CUDA, the
+    compiled kernel's bounds check) instead of reading another tensor's weights.
+    """
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise TypeError(f"embedding ids must be integers, got {ids.dtype}")
+    if not ids.is_cuda and not torch.compiler.is_compiling():
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise IndexError(f"index out of range in self: ids must be in [0, {vocab})")
+        return ids
+    outside = (elements - offset) // dim + 1  # its positions all lie past the ring's end
+    return torch.where((ids >= 0) & (ids < vocab), ids, torch.full_like(ids, outside))

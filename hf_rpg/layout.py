@@ -292,8 +292,8 @@ def ring_scales(targets: list[FoundTarget], rings: list[str], gains: list[float]
     sums: dict[str, list[float]] = {}
     for target, ring, gain in zip(targets, rings, gains, strict=True):
         acc = sums.setdefault(ring, [0.0, 0.0])
-        acc[0] += target.param.numel() * gain * gain
-        acc[1] += target.param.numel()
+        acc[0] += target.numel * gain * gain
+        acc[1] += target.numel
     return {ring: _round32(math.sqrt(acc[0] / acc[1])) for ring, acc in sums.items()}
 
 
@@ -313,7 +313,7 @@ def build_layout(targets: list[FoundTarget], rings: list[str], gains: list[float
     entries = []
     for target, ring, gain in zip(targets, rings, gains, strict=True):
         offset = offsets.get(ring, 0)
-        numel = target.param.numel()
+        numel = target.numel
         offsets[ring] = offset + numel
         tied = tuple(o.path for o in target.owners if o.path != target.name)
         relative = _round32(gain / scales[ring])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import inspect
 import math
 from pathlib import Path
@@ -12,13 +14,14 @@ import torch
 from torch import nn
 
 from .config import RPGConfig
-from .engine import WeightEngine
-from .errors import RPGConfigError, RPGManifestMismatchError, RPGStateError
+from .engine import TargetSpec, WeightEngine
+from .errors import RPGConfigError, RPGManifestMismatchError, RPGStateError, RPGTargetError
 from .generator import ring_normal_init
 from .layout import Layout, assign_rings, build_layout
 from .parametrize import GeneratedSource, attach, detach, is_generated, original_class
+from .quantized import additive_layer_supported, dequantize, is_distributed_tensor
 from .report import DoFReport
-from .targets import FoundTarget, Owner, fans, find_targets, head_modules, tensor_std
+from .targets import FoundTarget, Owner, fans, find_targets, matches, tensor_std, trainable_heads
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -43,12 +46,41 @@ def apply_rpg(model: nn.Module, config: RPGConfig) -> RPGModel:
         )
     if not isinstance(config, RPGConfig):
         raise RPGConfigError(f"config must be an RPGConfig, got {type(config).__name__}")
+    # The model keeps its own copy: changing the caller's config afterwards changes nothing.
+    config = copy.deepcopy(config)
+    config.validate()
     targets = find_targets(model, config)
+    for target in targets:
+        _check_servable(target, config)
     rings = assign_rings(targets, config)
     gains = [_gain(target, config, model) for target in targets]
     layout = build_layout(targets, rings, gains, config)
     ring_init = "zeros" if config.mode == "delta" else config.init
     return RPGModel._wrap(model, config, layout, targets, ring_init)
+
+
+def _check_servable(target: FoundTarget, config: RPGConfig) -> None:
+    """Raise ``RPGTargetError`` for a target hf_rpg cannot generate correctly."""
+    if is_distributed_tensor(target.param):
+        raise RPGTargetError(
+            f"{target.name!r} is a distributed tensor ({type(target.param).__name__}): apply hf_rpg before "
+            "fully_shard / tensor parallelism, not after"
+        )
+    if target.quantization is None:
+        if not target.param.is_floating_point():
+            raise RPGTargetError(f"{target.name!r} is {target.param.dtype}, not floating point; it cannot be generated")
+        return
+    where = f"{target.layer_name or target.name!r} ({type(target.layer).__name__}, {target.quantization})"
+    if config.mode != "delta":
+        raise RPGTargetError(
+            f"{where} is quantized: mode='replace' cannot generate quantized weights; use mode='delta' (the update "
+            "is added to the quantized layer's output) or exclude_modules"
+        )
+    if target.layer is None or not additive_layer_supported(target.layer) or len(target.owners) != 1:
+        raise RPGTargetError(
+            f"{where} is quantized and not a plain linear layer with one owner: hf_rpg adds delta updates to "
+            "quantized nn.Linear layers only (bitsandbytes Linear4bit / Linear8bitLt, torchao); exclude it"
+        )
 
 
 def _gain(target: FoundTarget, config: RPGConfig, model: nn.Module) -> float:
@@ -60,7 +92,8 @@ def _gain(target: FoundTarget, config: RPGConfig, model: nn.Module) -> float:
         return math.sqrt(2.0 / fan_in)
     if config.gain == "kaiming_fan_out":
         return math.sqrt(2.0 / fan_out)
-    std = tensor_std(target.param)
+    values = target.param if target.quantization is None else dequantize(target.layer, target.param)
+    std = tensor_std(values) if values.device.type != "meta" else 0.0
     if std > 0.0 and math.isfinite(std):
         return std
     initializer_range = getattr(getattr(model, "config", None), "initializer_range", None)
@@ -78,10 +111,20 @@ def _rowwise(target: FoundTarget, config: RPGConfig) -> bool:
     return (
         owner.attr == "weight"
         and isinstance(module, nn.Embedding)
+        # only nn.Embedding's own forward: subclasses (scaled, learned positions) run theirs
+        and type(module).forward is nn.Embedding.forward
+        and target.quantization is None
         and module.max_norm is None
         and not module.sparse
         and not module.scale_grad_by_freq
     )
+
+
+def _serving(target: FoundTarget, config: RPGConfig) -> str:
+    """How a target is served (see ``hf_rpg.parametrize``)."""
+    if config.mode != "delta":
+        return "replace"
+    return "additive" if target.quantization is not None else "merged"
 
 
 def targets_from_manifest(model: nn.Module, layout: Layout) -> list[FoundTarget]:
@@ -166,6 +209,36 @@ def _allow_missing_base_weights(module: RPGModel, incompatible_keys: Any) -> Non
     missing[:] = [key for key in missing if not any(key == n or key.endswith("." + n) for n in excluded)]
 
 
+def _check_keywords(method: str, kwargs: dict[str, Any], function: Any, skip: int) -> None:
+    """Unknown keyword arguments are errors, naming the valid ones."""
+    valid = list(inspect.signature(function).parameters)[skip:]
+    for name, value in kwargs.items():
+        if name not in valid:
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise TypeError(
+                f"{method}() got an unexpected keyword argument {name!r} (= {shown}); valid keyword arguments: "
+                f"{', '.join(valid)}"
+            )
+
+
+def _replace_with_dense_linear(model: nn.Module, owner: Owner, delta: torch.Tensor) -> None:
+    """Merge a quantized linear layer's update: a dense ``nn.Linear`` with the dequantized
+    base plus ``ΔW`` takes its place."""
+    layer = owner.module
+    base = dequantize(layer, layer._parameters[owner.attr])
+    dtype = delta.dtype if layer.bias is None else layer.bias.dtype
+    dense = nn.Linear(
+        layer.in_features, layer.out_features, bias=layer.bias is not None, device=base.device, dtype=dtype
+    )
+    with torch.no_grad():
+        dense.weight.copy_(base.to(dtype) + delta.to(device=base.device, dtype=dtype))
+        if layer.bias is not None:
+            dense.bias.copy_(layer.bias)
+    parent_name, _, child = owner.module_name.rpartition(".")
+    model.get_submodule(parent_name).register_module(child, dense)
+
+
 class RPGModel(nn.Module):
     """A model whose targeted weights are generated from trainable ring(s).
 
@@ -198,6 +271,7 @@ class RPGModel(nn.Module):
         layout: Layout,
         targets: list[FoundTarget],
         ring_init: str,
+        device: torch.device | None = None,
     ) -> RPGModel:
         """Attach ``layout`` to ``model``. ``ring_init``: random, project, zeros or empty."""
         self = cls.__new__(cls)
@@ -207,48 +281,100 @@ class RPGModel(nn.Module):
         self.layout = layout
         self._targets = [list(t.owners) for t in targets]
         self._unloaded = False
+        delta = config.mode == "delta"
         rowwise = {i for i, t in enumerate(targets) if _rowwise(t, config)}
-        delta_bases = {i: (t.owners[0].module, t.owners[0].attr) for i, t in enumerate(targets)}
+        serving = [_serving(t, config) for t in targets]
+        specs = [
+            TargetSpec(
+                dtype=t.param.dtype if t.quantization is None else torch.float32,
+                device=t.param.device,
+                serving=serving[i],
+                base_slot=(t.owners[0].module, t.owners[0].attr) if delta else None,
+            )
+            for i, t in enumerate(targets)
+        ]
         engine = WeightEngine(
             self,
             layout,
             config.seed,
-            delta_bases=delta_bases if config.mode == "delta" else None,
+            specs=specs,
             rowwise=rowwise,
             cache_indices=config.index_cache == "int32",
             inference_cache=config.inference_cache,
         )
         self._engine = engine
-        engine.build_index_caches(targets[0].param.device)
+        ring_device = device if device is not None else targets[0].param.device
+        engine.build_index_caches(ring_device)
         self.rpg_rings = nn.ParameterDict(
-            {name: nn.Parameter(self._initial_ring(name, ring_init, targets)) for name in layout.rings}
+            {name: nn.Parameter(self._initial_ring(name, ring_init, targets).to(ring_device)) for name in layout.rings}
         )
+        stored = self._stored_parameter_ids(model, targets, config)
+        self._stored_ids = stored
         for tid, target in enumerate(targets):
             target.param.requires_grad_(False)
-            source = GeneratedSource(engine, tid, tid in rowwise)
+            source = GeneratedSource(engine, tid, tid in rowwise, serving[tid])
             for owner in target.owners:
-                attach(owner.module, owner.attr, source, keep_parameter=config.mode == "delta")
-        self._set_other_trainability(config.resolved_other_parameters)
+                attach(owner.module, owner.attr, source)
+        self._set_trainability(config, stored)
         self.__class__ = _model_class_for(original_class(model))
         self.register_state_dict_post_hook(_drop_base_weights)
         self.register_load_state_dict_post_hook(_allow_missing_base_weights)
         return self
 
+    @staticmethod
+    def _stored_parameter_ids(model: nn.Module, targets: list[FoundTarget], config: RPGConfig) -> set[int]:
+        """ids of the non-generated parameters that train and that checkpoints store.
+
+        Replace mode stores every non-generated parameter. Delta mode stores what trains:
+        everything but the frozen bases with ``other_parameters="train"``, else the task
+        heads (``"head"``) or nothing (``"freeze"``), plus ``modules_to_save``.
+        """
+        bases = {id(t.param) for t in targets}
+        policy = config.resolved_other_parameters
+        chosen: set[int] = set()
+        if config.modules_to_save is not None:
+            for name, module in model.named_modules():
+                if matches(name, config.modules_to_save):
+                    chosen |= {id(p) for p in module.parameters()}
+            if not chosen:
+                raise RPGConfigError(
+                    f"modules_to_save={config.modules_to_save!r} matches no module with parameters in "
+                    f"{type(model).__name__}"
+                )
+        elif policy == "head":
+            heads = trainable_heads(model)
+            chosen = {id(p) for m in model.modules() if id(m) in heads for p in m.parameters(recurse=False)}
+        if policy == "train":
+            chosen |= {id(p) for p in model.parameters()}
+        return chosen - bases
+
+    def _set_trainability(self, config: RPGConfig, trained: set[int]) -> None:
+        policy = config.resolved_other_parameters
+        bases = self._delta_base_ids()
+        for param in self.base_model.parameters():
+            if id(param) in bases:
+                continue
+            if id(param) in trained:
+                if policy != "train" or config.modules_to_save is not None:
+                    param.requires_grad_(True)
+            else:
+                param.requires_grad_(False)
+
     def _initial_ring(self, ring_name: str, ring_init: str, targets: list[FoundTarget]) -> torch.Tensor:
         ring = self.layout.rings[ring_name]
         ids = self.layout.ring_targets(ring_name)
-        reference = targets[ids[0]].param
+        dtype = self.rpg_config.torch_ring_dtype
         if ring_init == "empty":
-            values = torch.empty(ring.size, dtype=reference.dtype)
+            values = torch.empty(ring.size, dtype=dtype)
         elif ring_init == "zeros":
-            values = torch.zeros(ring.size, dtype=reference.dtype)
+            values = torch.zeros(ring.size, dtype=dtype)
         elif ring_init == "random":
             values = ring_normal_init(ring.size, self._engine.keys[ring_name]) * ring.scale
         elif ring_init == "project":
             values = self._projected_ring(ring_name, ids, targets)
         else:  # pragma: no cover - internal
             raise ValueError(ring_init)
-        return values.to(device=reference.device, dtype=reference.dtype)
+        return values.to(dtype=dtype)
 
     def _projected_ring(self, ring_name: str, ids: list[int], targets: list[FoundTarget]) -> torch.Tensor:
         """Least-squares ring: each entry is the gain-weighted mean of the weights it feeds,
@@ -267,23 +393,13 @@ class RPGModel(nn.Module):
             denominator.index_add_(0, entry_index, torch.full_like(values, entry.gain**2))
         return numerator / denominator
 
-    def _set_other_trainability(self, policy: str) -> None:
-        if policy == "train":
-            return
-        heads = head_modules(self.base_model) if policy == "head" else set()
-        head_params = {id(p) for m in self.base_model.modules() if id(m) in heads for p in m.parameters(recurse=False)}
-        bases = self._delta_base_ids()
-        for param in self.base_model.parameters():
-            if id(param) not in bases:
-                param.requires_grad_(id(param) in head_params)
-
     # ------------------------------------------------------------------ calling
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped model with its generated weights (same inputs and outputs)."""
         self._check_usable()
-        with self._engine.forward_pass():
-            return self.base_model(*args, **kwargs)
+        self._engine.begin_forward()
+        return self.base_model(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -296,6 +412,57 @@ class RPGModel(nn.Module):
     def _check_usable(self) -> None:
         if self._unloaded:
             raise RPGStateError("this RPGModel was unloaded; use the model merge_and_unload()/unload() returned")
+
+    @contextlib.contextmanager
+    def disable_rpg(self) -> Iterator[None]:
+        """Delta mode: run the untouched base model inside this block (PEFT's
+        ``disable_adapter``): a reference model for DPO-style training, or an A/B check.
+
+        Example:
+            >>> with model.disable_rpg():
+            ...     reference_logits = model(**batch).logits
+        """
+        self._check_usable()
+        if self.rpg_config.mode != "delta":
+            raise RPGStateError("disable_rpg() needs mode='delta': in replace mode there is no base model to run")
+        engine = self._engine
+        previous = engine.update_enabled
+        engine.update_enabled = False
+        engine._drop_inference_weights()
+        try:
+            yield
+        finally:
+            engine.update_enabled = previous
+            engine._drop_inference_weights()
+
+    disable_adapter = disable_rpg
+
+    def _apply(self, fn: Any, recurse: bool = True) -> RPGModel:
+        # .to() / .half() / .cuda(): generated weights follow like the Parameters they replace
+        result = super()._apply(fn, recurse)
+        engine = self.__dict__.get("_engine")
+        if engine is not None:
+            specs = []
+            for spec in engine.specs:
+                probe = fn(torch.empty(0, dtype=spec.dtype, device=spec.device))
+                specs.append(dataclasses.replace(spec, dtype=probe.dtype, device=probe.device))
+            engine.specs = specs
+            engine._drop_inference_weights()
+        return result
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        raise RPGStateError(
+            "an RPGModel cannot be pickled (torch.save(model)): use model.save_pretrained(path) (compact, loads "
+            "with RPGModel.from_pretrained), torch.save(model.state_dict()), or pickle the plain model that "
+            "merge_and_unload() returns"
+        )
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RPGModel:
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
 
     def get_base_model(self) -> nn.Module:
         """The wrapped model (its targeted weights are generated while RPG is applied)."""
@@ -319,12 +486,13 @@ class RPGModel(nn.Module):
 
     def is_stored(self, param: nn.Parameter, delta_bases: set[int] | None = None) -> bool:
         """Whether a parameter of the base model belongs in checkpoints and ``state_dict()``:
-        all of them in replace mode; in delta mode the trainable ones only (the frozen ones,
-        pretrained weights under the update included, come from the base model)."""
+        all of them in replace mode; in delta mode the ones chosen to train when RPG was
+        applied (``other_parameters``, ``modules_to_save``): the frozen ones, pretrained
+        weights under the update included, come from the base model."""
         if self.rpg_config.mode != "delta":
             return True
         bases = self._delta_base_ids() if delta_bases is None else delta_bases
-        return param.requires_grad and id(param) not in bases
+        return id(param) in self._stored_ids and id(param) not in bases
 
     def base_weight_names(self) -> set[str]:
         """Names (``base_model.``-prefixed) of the base model's parameters that are not
@@ -385,6 +553,7 @@ class RPGModel(nn.Module):
         from .checkpoint import save_checkpoint
 
         self._check_usable()
+        _check_keywords("save_pretrained", kwargs, save_checkpoint, skip=2)
         save_checkpoint(self, save_directory, **kwargs)
 
     @classmethod
@@ -399,6 +568,7 @@ class RPGModel(nn.Module):
         """
         from .checkpoint import load_checkpoint
 
+        _check_keywords("from_pretrained", kwargs, load_checkpoint, skip=2)
         return load_checkpoint(path_or_repo_id, base_model=base_model, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
@@ -424,7 +594,17 @@ class RPGModel(nn.Module):
         self._check_usable()
         with torch.no_grad():
             weights = self._engine.generate(list(range(len(self.layout.targets))))
-        return self._unload({tid: nn.Parameter(w.detach().clone()) for tid, w in weights.items()})
+        additive = {
+            tid: (owners[0], weights.pop(tid))
+            for tid, owners in enumerate(self._targets)
+            if self._engine.specs[tid].serving == "additive"
+        }
+        params = {tid: nn.Parameter(w.detach().clone()) for tid, w in weights.items()}
+        params.update({tid: owner.module._parameters[owner.attr] for tid, (owner, _) in additive.items()})
+        model = self._unload(params)
+        for owner, delta in additive.values():
+            _replace_with_dense_linear(model, owner, delta)
+        return model
 
     def unload(self) -> nn.Module:
         """Delta mode: return the base model with its original (frozen) weights, dropping

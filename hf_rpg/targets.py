@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from torch import nn
 
 from .config import RPGConfig
 from .errors import RPGTargetError
+from .quantized import additive_layer_supported, logical_shape, quantization_of
 
 try:  # transformers' GPT-2 style linear layer (weight stored as [in, out])
     from transformers.pytorch_utils import Conv1D
@@ -77,11 +79,19 @@ class FoundTarget:
     layer: nn.Module | None = field(default=None, repr=False)
     layer_name: str = ""
     kind: str = "parameter"
+    quantization: str | None = None  # e.g. "bitsandbytes nf4 (torch.uint8)"; None for a dense weight
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of the Parameter to generate."""
+        """Shape of the tensor to generate (a quantized linear layer's dense shape)."""
+        if self.quantization is not None and self.layer is not None and additive_layer_supported(self.layer):
+            return logical_shape(self.layer)
         return tuple(self.param.shape)
+
+    @property
+    def numel(self) -> int:
+        """Number of generated elements."""
+        return math.prod(self.shape)
 
     @property
     def match_names(self) -> list[str]:
@@ -120,6 +130,42 @@ def head_modules(model: nn.Module) -> set[int]:
         if isinstance(output, nn.Module):
             ids.add(id(output))
     return ids
+
+
+def _output_embeddings(model: nn.Module) -> nn.Module | None:
+    get_output = getattr(model, "get_output_embeddings", None)
+    if not callable(get_output):
+        return None
+    try:
+        output = get_output()
+    except (NotImplementedError, AttributeError):
+        return None
+    return output if isinstance(output, nn.Module) else None
+
+
+def trainable_heads(model: nn.Module) -> set[int]:
+    """ids of the new-task head modules that delta mode trains by default (PEFT's rule).
+
+    A classification, token-classification or regression head (what lies outside
+    ``model.base_model``: ``classifier``, ``score``, ``qa_outputs``...) is new and trains.
+    The head of a causal, masked or seq2seq language model (the top-level child holding
+    the output embeddings, tied or not, e.g. ``lm_head`` or BERT's ``cls``) does not.
+    """
+    base = getattr(model, "base_model", None)
+    if not isinstance(base, nn.Module) or base is model:
+        return set()
+    inside = {id(m) for m in base.modules()}
+    output = _output_embeddings(model)
+    language_model_heads: set[int] = set()
+    if output is not None:
+        for _, child in model.named_children():
+            if child is not base and any(m is output for m in child.modules()):
+                language_model_heads |= {id(m) for m in child.modules()}
+    return {
+        id(m)
+        for m in model.modules()
+        if m is not model and id(m) not in inside and id(m) not in language_model_heads and m is not output
+    }
 
 
 def _weight_slots(module: nn.Module) -> Iterator[tuple[nn.Module, str]]:
@@ -173,8 +219,9 @@ def find_targets(model: nn.Module, config: RPGConfig) -> list[FoundTarget]:
             continue
         for owner_module, attr in _weight_slots(module):
             param = owner_module._parameters[attr]
-            if id(param) in found or not param.is_floating_point():
+            if id(param) in found:
                 continue
+            # quantized weights are found too: apply_rpg serves them in delta mode or says why not
             found[id(param)] = FoundTarget(
                 name=canonical[id(param)],
                 param=param,
@@ -182,6 +229,7 @@ def find_targets(model: nn.Module, config: RPGConfig) -> list[FoundTarget]:
                 layer=module,
                 layer_name=name,
                 kind=_kind(module),
+                quantization=quantization_of(param),
             )
 
     if config.target_parameters is not None:

@@ -71,6 +71,14 @@ FIELD_CASES = {
         (0, r"other_parameters must be one of 'train', 'head', 'freeze'; got 0 \(int\)"),
         ("all", r"other_parameters must be one of .*; got 'all'"),
     ),
+    "modules_to_save": (
+        (7, r"modules_to_save must be a regex string, a list of strings or None, got 7 \(int\)"),
+        ([""], r"modules_to_save entries must be non-empty strings, got '' \(str\)"),
+    ),
+    "ring_dtype": (
+        (torch.float32, r"ring_dtype must be one of 'float32', 'float64', 'bfloat16', 'float16'; got torch\.float32"),
+        ("int8", r"ring_dtype must be one of .*; got 'int8'"),
+    ),
     "index_cache": ((None, r"index_cache must be one of 'int32', 'none'; got None"), ("int64", r"got 'int64'")),
     "embedding_rows": (("yes", r"embedding_rows must be True or False, got 'yes' \(str\)"), (2, r"got 2 \(int\)")),
     "inference_cache": (

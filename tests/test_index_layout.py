@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import MODELS, forward_backward, torch_threads
 
-import hf_rpg.engine
+import hf_rpg.ring_autograd
 from hf_rpg import RPGConfig, apply_rpg, index_layout
 from hf_rpg.generator import build_signed_index, derive_key
 
@@ -69,7 +69,7 @@ def test_sign_bit_layout_in_parallel_blocks(monkeypatch):
     tiny, signed, sign_bit = _pair("vit", monkeypatch, dof=0.25)
     batch = tiny.batch(2)
     monkeypatch.setattr(index_layout, "BLOCK", 100)
-    monkeypatch.setattr(hf_rpg.engine, "PARALLEL_CHUNK", 512)
+    monkeypatch.setattr(hf_rpg.ring_autograd, "PARALLEL_CHUNK", 512)
     with torch_threads(2):
         _, weights_a, grads_a = forward_backward(signed, batch)
         _, weights_b, grads_b = forward_backward(sign_bit, batch)

@@ -1,11 +1,13 @@
-"""When weights are generated: once per training forward, once per ring version in inference."""
+"""When weights are generated: per layer in training (and again in backward), once per ring version in inference."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import make_bert_cls, make_bert_mlm, torch_threads
 
 import hf_rpg.engine
+import hf_rpg.ring_autograd
 from hf_rpg import RPGConfig, apply_rpg
 
 QUERY = "bert.encoder.layer.0.attention.self.query"
@@ -48,24 +50,50 @@ def test_inference_materialises_once_until_the_ring_changes(monkeypatch):
     assert model._engine._materialized is None
 
 
-def test_training_generates_each_forward_once_for_every_owner(monkeypatch):
+def test_training_weights_exist_only_while_their_layer_runs(monkeypatch):
     model = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.2))
-    calls = _count_generations(model, monkeypatch)
+    engine = model._engine
+    phases, live_counts = [], []
+    original = engine._weight
+
+    def counting(tid):
+        phases.append("backward" if backward_started else "forward")
+        live_counts.append(len(engine._live))
+        return original(tid)
+
+    monkeypatch.setattr(engine, "_weight", counting)
     model.train()
-    for _ in range(2):
-        model(input_ids=_batch()["input_ids"], labels=_batch()["input_ids"]).loss.backward()
-    # every non-row-wise target in one call per forward; the tied decoder reuses the embedding's tensor
-    assert calls == [len(model.layout.targets) - len(model._engine.rowwise)] * 2
+    backward_started = False
+    loss = model(input_ids=_batch()["input_ids"], labels=_batch()["input_ids"]).loss
+    # after the forward no generated weight is alive: nothing autograd saved holds their memory
+    assert engine._live == {} and engine._live_storage == {}
+    pool = [buffer for buffers in engine._pool.values() for buffer in buffers]
+    assert pool and all(hf_rpg.engine.buffer_is_free(buffer) for buffer in pool)
+    generated_in_forward = phases.count("forward")
+    # one weight at a time: the owners (Linear layers, the tied decoder) do not nest
+    assert max(live_counts) == 0
+    assert generated_in_forward == len(model.layout.targets) - len(engine.rowwise) + 1  # + the tied decoder
+    backward_started = True
+    loss.backward()
+    # backward regenerated each weight autograd needed, once: all but the tied word embedding's
+    # table in its Embedding owner (an embedding's backward needs only the ids)
+    assert phases.count("backward") == generated_in_forward - 1
+    assert model.rpg_rings["default"].grad.abs().sum() > 0
 
 
 def test_inference_cache_can_be_disabled(monkeypatch):
     model = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2, inference_cache=False))
-    calls = _count_generations(model, monkeypatch)
+    calls = []
+    original = model._engine._weight
+    monkeypatch.setattr(model._engine, "_weight", lambda tid: calls.append(tid) or original(tid))
     model.eval()
     with torch.no_grad():
         model(**_batch())
         model(**_batch())
-    assert len(calls) == 2 and model._engine._materialized is None
+    # each layer generates its weight when it runs, every forward: no dense copy is kept
+    per_forward = len(model.layout.targets) - len(model._engine.rowwise)
+    assert len(calls) == 2 * per_forward and model._engine._materialized is None
+    assert model._engine._live == {}
 
 
 def test_row_wise_embeddings_equal_full_generation():
@@ -113,22 +141,29 @@ def test_training_buffers_are_reused_only_when_no_graph_holds_them(monkeypatch):
     model.train()
     reference.train()
     batch = _batch()
-    # two forwards before one backward: the second pass must not overwrite the first's weights
+    # two forwards before one backward: the regenerated weights of the first pass are its own
     first = model(**batch).logits
-    buffer = model._engine._buffers["default"]
     second = model(**batch).logits
-    assert model._engine._buffers["default"] is not buffer
     (first.sum() + 2 * second.sum()).backward()
     with monkeypatch.context() as patch:  # the reference never reuses memory
         patch.setattr(hf_rpg.engine, "buffer_is_free", lambda buffer: False)
         ref_first, ref_second = reference(**batch).logits, reference(**batch).logits
         (ref_first.sum() + 2 * ref_second.sum()).backward()
     torch.testing.assert_close(model.rpg_rings["default"].grad, reference.rpg_rings["default"].grad, rtol=0, atol=0)
-    # after backward nothing holds it: the next pass writes into the same memory
-    buffer = model._engine._buffers["default"]
-    del first, second
+    # the next pass writes into the same memory
+    pool = {id(buffer) for buffers in model._engine._pool.values() for buffer in buffers}
     model(**batch).logits.sum().backward()
-    assert model._engine._buffers["default"] is buffer
+    assert {id(buffer) for buffers in model._engine._pool.values() for buffer in buffers} == pool
+
+
+def test_a_ring_changed_between_forward_and_backward_is_an_error():
+    model = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2))
+    model.train()
+    loss = model(**_batch()).logits.sum()
+    with torch.no_grad():
+        model.rpg_rings["default"].add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place between the forward and the backward"):
+        loss.backward()
 
 
 def test_parallel_gather_and_scatter_on_several_threads(monkeypatch):
@@ -143,9 +178,9 @@ def test_parallel_gather_and_scatter_on_several_threads(monkeypatch):
     serial_grad = model.rpg_rings["default"].grad.clone()
     model.rpg_rings["default"].grad = None
 
-    monkeypatch.setattr(hf_rpg.engine, "PARALLEL_CHUNK", 512)  # small enough to split this tiny model
+    monkeypatch.setattr(hf_rpg.ring_autograd, "PARALLEL_CHUNK", 512)  # small enough to split this tiny model
     with torch_threads(2):
-        assert hf_rpg.engine._workers(torch.device("cpu"), 10_000) == 2
+        assert hf_rpg.ring_autograd._workers(torch.device("cpu"), 10_000) == 2
         model(**batch).loss.backward()
         parallel_weights = {name: w.detach().clone() for name, w in model.generated_weights()}
     for name, weight in serial_weights.items():
