@@ -19,7 +19,7 @@ from .errors import RPGConfigError, RPGManifestMismatchError, RPGStateError, RPG
 from .generator import ring_normal_init
 from .layout import Layout, assign_rings, build_layout
 from .parametrize import GeneratedSource, attach, detach, is_generated, original_class
-from .quantized import additive_layer_supported, dequantize, is_distributed_tensor
+from .quantized import additive_layer_supported, dequantize, is_distributed_tensor, quantization_of
 from .report import DoFReport
 from .targets import FoundTarget, Owner, fans, find_targets, matches, tensor_std, trainable_heads
 
@@ -148,11 +148,6 @@ def targets_from_manifest(model: nn.Module, layout: Layout) -> list[FoundTarget]
             raise RPGManifestMismatchError(
                 f"the model ({type(model).__name__}) has no parameter {entry.name!r} named in the manifest"
             )
-        if tuple(param.shape) != entry.shape:
-            raise RPGManifestMismatchError(
-                f"manifest target {entry.name!r} has shape {list(entry.shape)} but the model's parameter has "
-                f"shape {list(param.shape)}"
-            )
         param_owners = owners[id(param)]
         paths = {o.path for o in param_owners}
         missing_ties = [t for t in entry.tied if t not in paths]
@@ -162,9 +157,14 @@ def targets_from_manifest(model: nn.Module, layout: Layout) -> list[FoundTarget]
                 f"not the same parameter (ties in the model: {sorted(paths - {entry.name})})"
             )
         owner_module = param_owners[0].module
-        kind = entry.kind
         layer = owner_module if attr == "weight" else None
-        found.append(FoundTarget(entry.name, param, param_owners, layer, module_name, kind))
+        target = FoundTarget(entry.name, param, param_owners, layer, module_name, entry.kind, quantization_of(param))
+        if target.shape != entry.shape:
+            raise RPGManifestMismatchError(
+                f"manifest target {entry.name!r} has shape {list(entry.shape)} but the model's parameter has "
+                f"shape {list(target.shape)}"
+            )
+        found.append(target)
     return found
 
 

@@ -59,6 +59,8 @@ def dequantize(module: nn.Module, param: torch.Tensor) -> torch.Tensor:
         return bnb_functional.dequantize_4bit(param.data, param.quant_state).reshape(logical_shape(module))
     if name == _BNB_8BIT:
         scales = getattr(param, "SCB", None)
+        if scales is None:  # after a training forward the layer keeps its scales in its state
+            scales = getattr(getattr(module, "state", None), "SCB", None)
         if scales is None:
             raise ValueError("this bitsandbytes Int8Params has no scales (SCB): load or move it to its device first")
         return param.data.to(torch.float32) * (scales.to(torch.float32).unsqueeze(1) / 127.0)

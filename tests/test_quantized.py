@@ -1,0 +1,116 @@
+"""Delta mode on quantized bases: bitsandbytes 4-bit (nf4) and 8-bit, torchao int8 weight-only.
+
+The update is added to the quantized layer's own output; at zero the model is the quantized
+base exactly. Replace mode, and quantized layers that are not linear, are clear errors.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from architectures import ARCHITECTURES, build
+from torch import nn
+
+from hf_rpg import RPGConfig, RPGModel, RPGTargetError, apply_rpg
+
+bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is a dev dependency")
+TARGETS = ["q_proj", "v_proj", "up_proj"]
+
+
+def _quantize_bnb(model: nn.Module, kind: str) -> nn.Module:
+    """Swap the targeted Linear layers for bitsandbytes ones holding the same weights."""
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or not name.endswith(tuple(TARGETS)):
+            continue
+        if kind == "nf4":
+            layer = bnb.nn.Linear4bit(
+                module.in_features, module.out_features, bias=module.bias is not None, compute_dtype=torch.float32,
+                quant_type="nf4",
+            )  # fmt: skip
+        else:
+            layer = bnb.nn.Linear8bitLt(
+                module.in_features, module.out_features, bias=module.bias is not None, has_fp16_weights=False
+            )
+        layer.load_state_dict(module.state_dict())
+        parent, _, child = name.rpartition(".")
+        model.get_submodule(parent).register_module(child, layer.to("cpu"))  # .to quantizes
+    return model
+
+
+def _quantize_torchao(model: nn.Module) -> nn.Module:
+    torchao = pytest.importorskip("torchao.quantization", reason="torchao is a dev dependency")
+    torchao.quantize_(model, torchao.Int8WeightOnlyConfig(), filter_fn=lambda m, n: n.endswith(tuple(TARGETS)))
+    return model
+
+
+QUANTIZERS = {
+    "bnb_nf4": lambda m: _quantize_bnb(m, "nf4"),
+    "bnb_int8": lambda m: _quantize_bnb(m, "int8"),
+    "torchao_int8": _quantize_torchao,
+}
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("backend", sorted(QUANTIZERS))
+def test_delta_mode_on_a_quantized_llama(backend, tmp_path):
+    base = QUANTIZERS[backend](build("llama"))
+    reference = copy.deepcopy(base)
+    batch = ARCHITECTURES["llama"].batch(0)
+    model = apply_rpg(base, RPGConfig(mode="delta", dof=500, target_modules=TARGETS))
+    assert {model._engine.specs[i].serving for i in range(len(model.layout.targets))} == {"additive"}
+    assert torch.equal(_logits(model, batch), _logits(reference, batch))  # the quantized base exactly
+    with torch.no_grad():
+        model.rpg_rings["default"].normal_(generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(_logits(model, batch), _logits(reference, batch))
+    with model.disable_rpg():
+        assert torch.equal(_logits(model, batch), _logits(reference, batch))
+    with torch.no_grad():
+        model.rpg_rings["default"].zero_()
+    model.train()
+    assert torch.equal(model(**batch).logits.detach(), _logits(reference, batch))  # also on the grad path
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == ["rpg_rings.default"]
+    model.eval()
+    expected = _logits(model, batch)
+
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = RPGModel.from_pretrained(tmp_path / "ckpt", base_model=copy.deepcopy(reference))
+    assert torch.equal(loaded.rpg_rings["default"], model.rpg_rings["default"])
+    if backend != "bnb_int8":  # a bitsandbytes int8 layer changes its own state in a training forward
+        assert torch.equal(_logits(loaded, batch), expected)
+
+    merged = model.merge_and_unload()  # dense Linear layers: dequantized base + update
+    assert not any(type(m).__module__.startswith(("bitsandbytes", "torchao")) for m in merged.modules())
+    linear = merged.model.layers[0].self_attn.q_proj
+    assert type(linear) is nn.Linear and linear.weight.dtype == torch.float32
+    # dequantize-then-matmul vs the backend's kernel: equal to rounding
+    torch.testing.assert_close(_logits(merged, batch), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_replace_mode_on_quantized_weights_is_an_error():
+    base = _quantize_bnb(build("llama"), "nf4")
+    with pytest.raises(RPGTargetError, match=r"q_proj' \(Linear4bit, bitsandbytes nf4 \(torch.uint8\)\).* mode='delta'"):
+        apply_rpg(base, RPGConfig(mode="replace", dof=0.1))
+
+
+def test_a_quantized_layer_hf_rpg_cannot_serve_is_named():
+    base = build("llama")
+    embedding = base.model.embed_tokens
+    embedding.weight = nn.Parameter(embedding.weight.detach().to(torch.int8), requires_grad=False)
+    with pytest.raises(RPGTargetError, match=r"embed_tokens' \(Embedding, Parameter \(torch.int8\)\).*not a plain linear"):
+        apply_rpg(base, RPGConfig(mode="delta", dof=100, target_modules=["embed_tokens"]))
