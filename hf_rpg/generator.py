@@ -185,6 +185,21 @@ def _check_total(total: int) -> None:
         raise ValueError(f"total must be in [1, 2**62], got {total}")
 
 
+def check_positions(positions: torch.Tensor, total: int) -> None:
+    """Positions must lie in ``[0, total)``: outside, the Feistel network would give another
+    ring entry silently. On CPU in eager mode a ``ValueError``; on GPUs and under
+    ``torch.compile`` an asynchronous device-side assert (no host synchronisation)."""
+    if positions.numel() == 0:
+        return
+    if positions.device.type == "cpu" and not torch.compiler.is_compiling():
+        low, high = int(positions.min()), int(positions.max())
+        if low < 0 or high >= total:
+            bad = low if low < 0 else high
+            raise ValueError(f"positions must be in [0, total={total}), got {bad}")
+        return
+    torch._assert_async(((positions >= 0) & (positions < total)).all(), f"positions must be in [0, total={total})")
+
+
 def permute(positions: torch.Tensor, total: int, key: GeneratorKey) -> torch.Tensor:
     """``pi(p)`` for each position: a keyed bijection of ``[0, total)``.
 
@@ -193,6 +208,7 @@ def permute(positions: torch.Tensor, total: int, key: GeneratorKey) -> torch.Ten
     so fewer than two passes are needed on average.
     """
     _check_total(total)
+    check_positions(positions, total)
     x = positions.to(torch.int64, copy=True).flatten()
     _permute_(x, total, key, _Scratch(x.numel(), x.device))
     return x.view(positions.shape)
@@ -232,9 +248,8 @@ def signed_indices(positions: torch.Tensor, total: int, ring_size: int, key: Gen
     """
     _check_total(total)
     _check_ring_size(ring_size, total)
+    check_positions(positions, total)
     if positions.device.type == "cpu" and uint32_path_applies(total, ring_size) and positions.numel():
-        if int(positions.min()) < 0 or int(positions.max()) >= total:
-            raise ValueError(f"positions must be in [0, total={total})")
         return _signed_indices_uint32(positions, total, ring_size, key)
     x = positions.to(torch.int64, copy=True).flatten()
     _signed_indices_(x, total, ring_size, key, _Scratch(x.numel(), x.device))

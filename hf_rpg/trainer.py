@@ -16,9 +16,11 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_tensors, read_metadata
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, _check_weights_file, load_tensors, read_metadata
+from .config import RPGConfig
 from .errors import RPGManifestMismatchError
 from .layout import Layout
+from .metadata import binding_digest
 from .model import RPGModel
 
 TRAINING_ARGS_NAME = "training_args.bin"  # the name transformers' Trainer uses
@@ -32,11 +34,22 @@ def is_rpg_checkpoint(directory: str | Path) -> bool:
 def load_weights_into(model: RPGModel, directory: str | Path) -> None:
     """Load the rings, parameters and buffers of a checkpoint into an existing ``model``.
 
-    The checkpoint's manifest must equal the model's layout (same targets, offsets, gains,
-    rings); otherwise ``RPGManifestMismatchError`` names the first difference.
+    The same checks as ``RPGModel.from_pretrained``: the generator version, the weights
+    file's size and SHA-256, the binding between the two files, and the seed and mode
+    against the model's; the checkpoint's manifest must equal the model's layout (same
+    targets, offsets, gains, rings). Otherwise an ``RPGError`` names the first difference
+    and nothing is loaded.
     """
     directory = Path(directory)
     meta = read_metadata(directory / CONFIG_NAME)
+    _check_weights_file(directory / WEIGHTS_NAME, meta)
+    saved_config = RPGConfig.from_dict(meta["config"])
+    for field in ("seed", "mode"):
+        saved_value, value = getattr(saved_config, field), getattr(model.rpg_config, field)
+        if saved_value != value:
+            raise RPGManifestMismatchError(
+                f"{directory}: the checkpoint was saved with {field}={saved_value!r}, the model has {field}={value!r}"
+            )
     saved = Layout.from_dict(meta["manifest"])
     if saved.rings != model.layout.rings:
         raise RPGManifestMismatchError(
@@ -52,7 +65,7 @@ def load_weights_into(model: RPGModel, directory: str | Path) -> None:
         raise RPGManifestMismatchError(
             f"{directory}: the manifest has {len(saved.targets)} targets, the model {len(model.layout.targets)}"
         )
-    load_tensors(model, directory / WEIGHTS_NAME)
+    load_tensors(model, directory / WEIGHTS_NAME, binding=binding_digest(meta))
 
 
 class RPGTrainer(Trainer):

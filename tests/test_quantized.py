@@ -104,7 +104,9 @@ def test_delta_mode_on_a_quantized_llama(backend, tmp_path):
 
 def test_replace_mode_on_quantized_weights_is_an_error():
     base = _quantize_bnb(build("llama"), "nf4")
-    with pytest.raises(RPGTargetError, match=r"q_proj' \(Linear4bit, bitsandbytes nf4 \(torch.uint8\)\).* mode='delta'"):
+    with pytest.raises(
+        RPGTargetError, match=r"q_proj' \(Linear4bit, bitsandbytes nf4 \(torch.uint8\)\).* mode='delta'"
+    ):
         apply_rpg(base, RPGConfig(mode="replace", dof=0.1))
 
 
@@ -112,5 +114,7 @@ def test_a_quantized_layer_hf_rpg_cannot_serve_is_named():
     base = build("llama")
     embedding = base.model.embed_tokens
     embedding.weight = nn.Parameter(embedding.weight.detach().to(torch.int8), requires_grad=False)
-    with pytest.raises(RPGTargetError, match=r"embed_tokens' \(Embedding, Parameter \(torch.int8\)\).*not a plain linear"):
+    with pytest.raises(
+        RPGTargetError, match=r"embed_tokens' \(Embedding, Parameter \(torch.int8\)\).*not a plain linear"
+    ):
         apply_rpg(base, RPGConfig(mode="delta", dof=100, target_modules=["embed_tokens"]))
