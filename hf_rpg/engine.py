@@ -263,13 +263,14 @@ class WeightEngine:
         return weight if weight.dtype == dtype and weight.device == device else weight.to(device=device, dtype=dtype)
 
     def _weight(self, target_id: int) -> torch.Tensor:
-        """One target's weight for a running owner (pooled memory)."""
-        raw = self._raw([target_id], with_base=True, pooled=True)[target_id]
+        """One target's weight for a running owner (pooled memory, except in compiled graphs,
+        whose memory the compiler plans)."""
+        raw = self._raw([target_id], with_base=True, pooled=not torch.compiler.is_compiling())[target_id]
         return self._finish(target_id, raw)
 
     def _update(self, target_id: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """``ΔW`` of an additive (quantized-base) target, in ``dtype`` on ``device``."""
-        raw = self._raw([target_id], with_base=False, pooled=True)[target_id]
+        raw = self._raw([target_id], with_base=False, pooled=not torch.compiler.is_compiling())[target_id]
         return raw if raw.dtype == dtype and raw.device == device else raw.to(device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ inference cache
@@ -287,8 +288,14 @@ class WeightEngine:
         return rings, bases, tuple((s.dtype, s.device) for s in self.specs)
 
     def inference_cache_applies(self) -> bool:
-        """Weights are reused across forwards without grad while the model is in eval mode."""
-        return self.inference_cache and not torch.is_grad_enabled() and not self.root.training
+        """Weights are reused across forwards without grad while the model is in eval mode
+        (not in compiled graphs: they generate each layer's weight, always current)."""
+        return (
+            self.inference_cache
+            and not torch.is_grad_enabled()
+            and not self.root.training
+            and not torch.compiler.is_compiling()
+        )
 
     def materialized(self) -> dict[int, torch.Tensor]:
         """All weights generated without grad, reused until a ring changes."""
@@ -342,7 +349,7 @@ class WeightEngine:
 
     def _keep_live(self, target_id: int, weight: torch.Tensor) -> None:
         self._live[target_id] = weight
-        if weight.requires_grad:
+        if weight.requires_grad and self._hooks_apply():
             self._live_storage[weight.untyped_storage().data_ptr()] = (target_id, weight)
 
     def _enter(self, target_ids: list[int]) -> None:
@@ -357,7 +364,7 @@ class WeightEngine:
                 continue
             del self._scope_depth[tid]
             weight = self._live.pop(tid, None)
-            if weight is not None and weight.requires_grad:
+            if weight is not None and self._live_storage:
                 self._live_storage.pop(weight.untyped_storage().data_ptr(), None)
 
     def _hooks_apply(self) -> bool:
