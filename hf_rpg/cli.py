@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
 from .errors import RPGError
+from .version import __version__
 
 
 def parse_dof(text: str) -> float | int:
@@ -31,7 +31,7 @@ def _quiet_progress_bars() -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_digits_demo
+    from .examples_support.demo import run_digits_demo
 
     _quiet_progress_bars()
     result = run_digits_demo(
@@ -43,7 +43,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_metadata
-    from .hub import resolve_checkpoint_files
+    from .files import resolve_checkpoint_files
 
     files = resolve_checkpoint_files(args.checkpoint, revision=args.revision)
     meta = read_metadata(files[CONFIG_NAME])

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from . import index_layout
+from . import index_encoding
 from .generator import GeneratorKey, build_signed_index, derive_key, signed_indices
-from .layout import Layout, TargetLayout
+from .manifest import Layout, TargetLayout
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -96,7 +96,7 @@ class _GenerateFromRing(torch.autograd.Function):
 
     Backward scatter-adds ``gain_t * dL/dW_t`` into the signed ring and folds it:
     ``grad_ring = grad_signed[:N] - grad_signed[N:]``; large CPU rings use the sign-bit
-    layout instead, with the same weights (see ``index_layout``). Indices come from the engine (the
+    layout instead, with the same weights (see ``index_encoding``). Indices come from the engine (the
     int32 cache, or recomputed from the seed), so nothing per-element is saved for backward.
     With ``out`` (a flat buffer, one slice per request) the weights are written into it
     instead of fresh memory: first-touching fresh pages costs as much as the gather itself.
@@ -255,7 +255,7 @@ def _gather_job(
         piece = values.narrow(0, start, length)
         part = base.narrow(0, start, length) if base is not None else None
         if sign_bit:
-            index_layout.gather_sign_bit(table, index.narrow(0, start, length), piece, gain, part)
+            index_encoding.gather_sign_bit(table, index.narrow(0, start, length), piece, gain, part)
             return
         torch.index_select(table, 0, index.narrow(0, start, length), out=piece)
         piece.mul_(gain)
@@ -269,7 +269,7 @@ def _scatter_job(grad_table: torch.Tensor, sign_bit: bool, spans: list[tuple[tor
     def job() -> None:
         for index, grad, gain in spans:
             if sign_bit:
-                index_layout.scatter_sign_bit_(grad_table, index, grad, gain)
+                index_encoding.scatter_sign_bit_(grad_table, index, grad, gain)
             else:
                 grad_table.index_add_(0, index, grad.to(grad_table.dtype), alpha=gain)
 
@@ -323,7 +323,7 @@ class WeightEngine:
 
     def _ring_index(self, ring_name: str, device: torch.device) -> torch.Tensor:
         """The ring's int32 cache on ``device``, in the layout picked for that device and
-        ring dtype (see ``index_layout``): built from the seed on first use, re-encoded
+        ring dtype (see ``index_encoding``): built from the seed on first use, re-encoded
         only when the device or the ring's dtype changes."""
         ring = self.layout.rings[ring_name]
         index = self._index.get(ring_name)
@@ -336,11 +336,11 @@ class WeightEngine:
             was_sign_bit = False
         elif index.device != device:
             index = index.to(device)
-        sign_bit = index_layout.use_sign_bit(ring.size, itemsize, index.dtype, device)
+        sign_bit = index_encoding.use_sign_bit(ring.size, itemsize, index.dtype, device)
         if sign_bit and not was_sign_bit:
-            index = index_layout.signed_to_sign_bit_(index, ring.size)
+            index = index_encoding.signed_to_sign_bit_(index, ring.size)
         elif was_sign_bit and not sign_bit:
-            index = index_layout.sign_bit_to_signed(index, ring.size)
+            index = index_encoding.sign_bit_to_signed(index, ring.size)
         self._index[ring_name], self._sign_bit[ring_name] = index, sign_bit
         self._index_for[ring_name] = itemsize
         return index
@@ -375,7 +375,7 @@ class WeightEngine:
         """Signed-ring indices of every element of ``target`` (1-D): into ``[ring, -ring]``."""
         index = self.raw_indices(ring_name, target, device)
         if self.sign_bit_layout(ring_name, device):
-            return index_layout.sign_bit_to_signed(index, self.layout.rings[ring_name].size)
+            return index_encoding.sign_bit_to_signed(index, self.layout.rings[ring_name].size)
         return index
 
     def _indices_at(self, ring_name: str, positions: torch.Tensor) -> torch.Tensor:
@@ -521,7 +521,7 @@ class WeightEngine:
         columns = torch.arange(dim, device=ids.device, dtype=torch.int64)
         positions = (ids.to(torch.int64).unsqueeze(-1) * dim + columns).add_(target.offset)
         index = self._indices_at(target.ring, positions.flatten())
-        values = index_layout.lookup(ring, index, self.sign_bit_layout(target.ring, ring.device))
+        values = index_encoding.lookup(ring, index, self.sign_bit_layout(target.ring, ring.device))
         rows = (values * target.gain).view(*ids.shape, dim)
         base = self._base(target_id)
         if base is not None:

@@ -18,7 +18,7 @@ from transformers import Trainer
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_tensors, read_metadata
 from .errors import RPGManifestMismatchError
-from .layout import Layout
+from .manifest import Layout
 from .model import RPGModel
 
 TRAINING_ARGS_NAME = "training_args.bin"  # the name transformers' Trainer uses

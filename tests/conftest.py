@@ -190,7 +190,7 @@ RT_HINT = "rt-polarity is missing: expected ../shared/data/rt-polarity beside th
 @pytest.fixture(scope="session")
 def rt_dir():
     """The local rt-polarity folder."""
-    from hf_rpg.data import find_rt_polarity
+    from hf_rpg.examples_support.data import find_rt_polarity
 
     folder = find_rt_polarity()
     assert folder is not None, RT_HINT
@@ -200,7 +200,7 @@ def rt_dir():
 @pytest.fixture(scope="session")
 def fashion_dir():
     """The local Fashion-MNIST folder."""
-    from hf_rpg.data import find_fashion_mnist
+    from hf_rpg.examples_support.data import find_fashion_mnist
 
     folder = find_fashion_mnist()
     assert folder is not None, FASHION_HINT
@@ -212,7 +212,7 @@ def minilm() -> str:
     """The local all-MiniLM-L6-v2 folder."""
     from pathlib import Path
 
-    from hf_rpg.data import minilm_path
+    from hf_rpg.examples_support.data import minilm_path
 
     path = minilm_path()
     assert Path(path).is_dir(), MINILM_HINT

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import checkpoint_bytes
-from .config import RPGConfig
-from .model import apply_rpg
-from .report import DoFReport
-
-DIGITS_TEST_SIZE = 360
+from ..checkpoint import checkpoint_bytes
+from ..config import RPGConfig
+from ..model import apply_rpg
+from ..report import DoFReport
+from .data import DIGITS_TEST_SIZE, image_tensors, load_digits
 
 
 @dataclass
@@ -35,19 +33,13 @@ class DigitsData:
 
 
 def load_digits_split(seed: int = 0, upsample: int = 2) -> DigitsData:
-    """scikit-learn's 1,797 8x8 digits, scaled to [-1, 1], upsampled, shuffled with ``seed``;
-    the last 360 images are the test split."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
-    if upsample > 1:
-        images = F.interpolate(images, scale_factor=upsample, mode="nearest")
-    labels = torch.tensor(digits.target, dtype=torch.int64)
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    images, labels = images[order], labels[order]
-    cut = len(images) - DIGITS_TEST_SIZE
-    return DigitsData(images[:cut], labels[:cut], images[cut:], labels[cut:])
+    """scikit-learn's 1,797 8x8 digits as ``load_digits`` gives them (shuffled with ``seed``,
+    the last 360 images are the test split), scaled to [-1, 1] and upsampled ``upsample`` times."""
+    digits = load_digits(seed=seed)
+    size = 8 * upsample if upsample > 1 else None
+    train_x, train_y = image_tensors(digits["train"], size)
+    test_x, test_y = image_tensors(digits["test"], size)
+    return DigitsData(train_x, train_y, test_x, test_y)
 
 
 def build_digits_model(kind: str = "resnet", image_size: int = 16, num_labels: int = 10) -> nn.Module:

