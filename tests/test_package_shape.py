@@ -7,9 +7,14 @@ a lazy import is still a dependency.
 from __future__ import annotations
 
 import ast
+import importlib
+import sys
 from pathlib import Path
 
+import pytest
+
 import hf_rpg
+from hf_rpg.examples_support import data, demo
 
 PACKAGE = Path(hf_rpg.__file__).parent
 DEPRECATED_ALIASES = {"hf_rpg.data", "hf_rpg.demo"}
@@ -96,3 +101,10 @@ def test_the_core_never_imports_the_example_plumbing():
     offenders = {m: sorted(d for d in graph[m] if d.startswith("hf_rpg.examples_support")) for m in core}
     assert {m: d for m, d in offenders.items() if d and m not in allowed} == {}
     assert "hf_rpg.examples_support.demo" not in graph["hf_rpg.examples_support.data"]
+
+
+def test_old_example_module_names_warn_and_give_the_moved_modules(monkeypatch):
+    for old, moved in (("hf_rpg.data", data), ("hf_rpg.demo", demo)):
+        monkeypatch.delitem(sys.modules, old, raising=False)
+        with pytest.warns(FutureWarning, match=f"{old} moved to {moved.__name__}"):
+            assert importlib.import_module(old) is moved
