@@ -138,7 +138,7 @@ def _from_hub(name: str, what: str, env: str, default: Path, install: str = "") 
         cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise FileNotFoundError(
             f"{what} not found: put it in {str(default)!r}{install}, set ${env}=<folder> or pass data_dir / "
-            f"--data-dir, or let the Hub provide {name!r} (unset HF_HUB_OFFLINE; it said: {cause})"
+            f"--data-dir, or let the Hub provide {name!r} (network, HF_HUB_OFFLINE unset; it said: {cause})"
         ) from err
 
 
