@@ -48,6 +48,7 @@ from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.checkpoint import checkpoint_bytes
 from hf_rpg.cli import parse_dof
 from hf_rpg.examples_support.data import find_rt_polarity, load_rt_polarity, minilm_path
+from hf_rpg.examples_support.threads import use_threads
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 DEFAULT_DOF = {"delta": 0.01, "replace": 0.5}
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=str(LOCAL_ACCURACY), help="evaluate module path (default: the local accuracy)")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/text-classification"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: chosen)")
     return p
 
 
@@ -188,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
     )
+    accelerator.print(use_threads(args.threads, processes=accelerator.num_processes))
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()  # "classifier weights newly initialized" is expected
     datasets.disable_progress_bars()

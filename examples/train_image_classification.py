@@ -41,6 +41,7 @@ from hf_rpg.checkpoint import checkpoint_bytes
 from hf_rpg.cli import parse_dof
 from hf_rpg.examples_support.data import find_fashion_mnist, image_tensors, load_image_dataset
 from hf_rpg.examples_support.demo import build_digits_model
+from hf_rpg.examples_support.threads import use_threads
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 # digits are 8x8: upsampled to 16x16 so that the ResNet stem and ViT patches have room.
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=str(LOCAL_ACCURACY), help="evaluate module path (default: the local accuracy)")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/image-classification"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: chosen)")
     return p
 
 
@@ -159,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
     )
+    accelerator.print(use_threads(args.threads, processes=accelerator.num_processes))
     transformers.utils.logging.disable_progress_bar()
     set_seed(args.seed)
 

@@ -32,8 +32,10 @@ def _quiet_progress_bars() -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .examples_support.demo import run_digits_demo
+    from .examples_support.threads import use_threads
 
     _quiet_progress_bars()
+    print(use_threads(args.threads), flush=True)
     result = run_digits_demo(
         model=args.model, dof=args.dof, epochs=args.epochs, lr=args.lr, seed=args.seed, output_dir=args.output_dir
     )
@@ -110,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lr", type=float, default=1e-2)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--output-dir", type=Path, default=None, help="keep both checkpoints here")
+    demo.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else the idle cores, <= 4)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     info = sub.add_parser("info", help="DoF, sizes, generator version, targets and mode of a checkpoint")
