@@ -161,6 +161,22 @@ def model_outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tor
         return model(**inputs).logits
 
 
+def train_steps(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int = 6, lr: float = 1e-2
+) -> list[float]:
+    """``steps`` AdamW steps on one batch in train mode, over the trainable parameters; the losses."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 @contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """Run the block with ``count`` torch threads, then restore the previous count."""
