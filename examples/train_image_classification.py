@@ -39,8 +39,9 @@ from tqdm.auto import tqdm
 from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.checkpoint import checkpoint_bytes
 from hf_rpg.cli import parse_dof
-from hf_rpg.data import find_fashion_mnist, image_tensors, load_image_dataset
-from hf_rpg.demo import build_digits_model
+from hf_rpg.examples_support.data import find_fashion_mnist, image_tensors, load_image_dataset
+from hf_rpg.examples_support.demo import build_digits_model
+from hf_rpg.examples_support.threads import use_threads
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 # digits are 8x8: upsampled to 16x16 so that the ResNet stem and ViT patches have room.
@@ -51,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of this example."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=("fashion_mnist", "digits"), default="fashion_mnist")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: see hf_rpg.data)")
+    p.add_argument(
+        "--data-dir", default=None, help="Fashion-MNIST IDX folder (default: see hf_rpg.examples_support.data)"
+    )
     p.add_argument("--model", choices=("resnet", "vit"), default="resnet")
     p.add_argument("--dof", type=parse_dof, default=0.25, help="ring size (int) or fraction of the weights (float)")
     # From scratch there is no pretrained base for delta mode (see finetune_text_classification.py).
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=str(LOCAL_ACCURACY), help="evaluate module path (default: the local accuracy)")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/image-classification"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: chosen)")
     return p
 
 
@@ -157,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
     )
+    accelerator.print(use_threads(args.threads, processes=accelerator.num_processes))
     transformers.utils.logging.disable_progress_bar()
     set_seed(args.seed)
 

@@ -8,8 +8,6 @@ keeps its size and architecture; only the ring is trained and stored.
     >>> model = apply_rpg(base_model, RPGConfig(dof=0.1, seed=0))
 """
 
-__version__ = "0.1.0"
-
 from .config import RPGConfig
 from .errors import (
     RPGCheckpointError,
@@ -23,6 +21,7 @@ from .errors import (
 from .generator import GENERATOR_VERSION
 from .model import RPGModel, apply_rpg
 from .report import DoFReport
+from .version import __version__
 
 
 def __getattr__(name: str):

@@ -1,4 +1,8 @@
-"""Compact checkpoints: the ring(s) plus seeds, never a per-weight map.
+"""Compact checkpoint files: writing and reading the ring(s) plus seeds, never a per-weight map.
+
+This module reads and writes files only. Building a model from them is ``hf_rpg.model``
+(``load_checkpoint``, ``RPGModel.from_pretrained``), with ``hf_rpg.base_model``; finding the
+files (a directory or a Hub repo) is ``hf_rpg.files``; the model card is ``hf_rpg.card``.
 
 A checkpoint is a directory (local, or a Hub repo) holding:
 
@@ -14,7 +18,7 @@ Saves are atomic (``hf_rpg.atomic``): everything is written into a staging direc
 beside the target and moved into place only once all is written, ``rpg_config.json``
 last; a failure puts the previous files back. ``rpg_config.json`` records the SHA-256 of
 the weights file and the weights file records a digest of what in ``rpg_config.json``
-decides the generated weights, so a mismatched pair fails to load. Loading checks every
+decides the generated weights, so a mismatched pair fails to load. Reading checks every
 field before use, raises only ``RPGError`` s, writes nothing and unpickles nothing.
 """
 
@@ -25,40 +29,53 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from . import __version__
 from .atomic import BACKUP_DIR, leftover_staging_dirs, write_directory_atomically
+from .card import is_generated_card, model_card_text
 from .config import RPGConfig
-from .errors import RPGCheckpointError, RPGConfigError, RPGManifestMismatchError, RPGStateError
+from .errors import RPGCheckpointError, RPGManifestMismatchError
+from .files import CARD_NAME, CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME
 from .generator import GENERATOR_VERSION
-from .layout import Layout
+from .manifest import Layout
 from .metadata import BINDING_KEY, FORMAT_VERSION, binding_digest, check_metadata
+from .parametrize import original_class
+from .report import DoFReport
+from .version import __version__
 
-if TYPE_CHECKING:
-    from .model import RPGModel
-
-CONFIG_NAME = "rpg_config.json"
-WEIGHTS_NAME = "rpg_model.safetensors"
-MODEL_CONFIG_NAME = "config.json"
-CARD_NAME = "README.md"
 RING_PREFIX = "rpg_rings."
 
 
-def original_class(module: nn.Module) -> type:
-    """The class a module had before hf_rpg swapped it."""
-    return module.__dict__.get("_rpg_original_class", type(module))
+class CheckpointModel(Protocol):
+    """What saving and loading tensors need of a model (an ``CheckpointModel`` has all of it).
+
+    A protocol rather than an import: ``hf_rpg.model`` builds on this module, not the
+    other way round.
+    """
+
+    base_model: nn.Module
+    rpg_config: RPGConfig
+    layout: Layout
+    rpg_rings: nn.ParameterDict
+
+    def dof_report(self) -> DoFReport:
+        """Ring DoF, trainable parameters, dense model size and compression ratio."""
+
+    def is_stored(self, param: nn.Parameter, delta_bases: set[int] | None = None) -> bool:
+        """Whether a checkpoint stores ``param``."""
+
+    def _delta_base_ids(self) -> set[int]: ...
 
 
 # ---------------------------------------------------------------------------- what is stored
 
 
-def stored_entries(model: RPGModel) -> dict[str, torch.Tensor]:
+def stored_entries(model: CheckpointModel) -> dict[str, torch.Tensor]:
     """Name -> live tensor of everything the checkpoint stores besides the rings.
 
     Tied tensors appear once, under their first name. Delta-mode base weights and, in delta
@@ -77,7 +94,7 @@ def stored_entries(model: RPGModel) -> dict[str, torch.Tensor]:
     return entries
 
 
-def _tensors_to_save(model: RPGModel, state_dict: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+def _tensors_to_save(model: CheckpointModel, state_dict: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     live = {RING_PREFIX + name: ring for name, ring in model.rpg_rings.items()}
     live.update(stored_entries(model))
     tensors = {}
@@ -98,7 +115,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _base_model_info(model: RPGModel) -> dict[str, Any]:
+def _base_model_info(model: CheckpointModel) -> dict[str, Any]:
     base = model.base_model
     cls = original_class(base)
     name_or_path = model.rpg_config.base_model_name_or_path
@@ -119,7 +136,7 @@ def _base_model_info(model: RPGModel) -> dict[str, Any]:
     }
 
 
-def checkpoint_metadata(model: RPGModel, weights_sha256: str, weights_bytes: int) -> dict[str, Any]:
+def checkpoint_metadata(model: CheckpointModel, weights_sha256: str, weights_bytes: int) -> dict[str, Any]:
     """The content of ``rpg_config.json``."""
     return {
         "format_version": FORMAT_VERSION,
@@ -143,7 +160,7 @@ def format_metadata(meta: dict[str, Any]) -> str:
     return head[: -len("\n}")] + ",\n" + manifest + "\n}\n"
 
 
-def _write_model_config(model: RPGModel, path: Path) -> bool:
+def _write_model_config(model: CheckpointModel, path: Path) -> bool:
     config = getattr(model.base_model, "config", None)
     if config is None or not hasattr(config, "to_json_file"):
         return False
@@ -154,9 +171,7 @@ def _write_model_config(model: RPGModel, path: Path) -> bool:
 
 
 def _card_is_ours(path: Path) -> bool:
-    from .hub import CARD_MARKER
-
-    return not path.exists() or CARD_MARKER in path.read_text(encoding="utf-8", errors="replace")
+    return not path.exists() or is_generated_card(path.read_text(encoding="utf-8", errors="replace"))
 
 
 def _is_main_process(flag: bool | None) -> bool:
@@ -170,7 +185,7 @@ def _is_main_process(flag: bool | None) -> bool:
 
 
 def save_checkpoint(
-    model: RPGModel,
+    model: CheckpointModel,
     save_directory: str | Path,
     *,
     is_main_process: bool | None = None,
@@ -191,7 +206,7 @@ def save_checkpoint(
             ``torch.distributed`` process group only rank 0 writes; pass
             ``accelerator.is_main_process`` (or ``args.should_save``) to choose yourself.
         state_dict: Tensors to save instead of the live ones (``rpg_rings.*`` and
-            ``base_model.*`` keys, as ``RPGModel.state_dict()`` names them).
+            ``base_model.*`` keys, as ``CheckpointModel.state_dict()`` names them).
         safe_serialization: Accepted for transformers compatibility; checkpoints are
             always safetensors.
         model_card: Write ``README.md`` (an existing card not written by hf_rpg is kept).
@@ -234,8 +249,6 @@ def save_checkpoint(
         if _write_model_config(model, staging / MODEL_CONFIG_NAME):
             names.append(MODEL_CONFIG_NAME)
         if write_card:
-            from .hub import model_card_text
-
             (staging / CARD_NAME).write_text(model_card_text(meta, **(card_info or {})), encoding="utf-8")
             names.append(CARD_NAME)
         (staging / CONFIG_NAME).write_text(format_metadata(meta), encoding="utf-8")
@@ -270,7 +283,8 @@ def _interrupted_save_hint(directory: Path) -> str:
     )
 
 
-def _check_weights_file(path: Path, meta: dict[str, Any]) -> None:
+def check_weights_file(path: Path, meta: dict[str, Any]) -> None:
+    """Raise ``RPGCheckpointError`` when the weights file's size or SHA-256 differs from ``rpg_config.json``'s."""
     entry = (meta.get("files") or {}).get(WEIGHTS_NAME) or {}
     size, digest = entry.get("bytes"), entry.get("sha256")
     actual = path.stat().st_size
@@ -284,68 +298,6 @@ def _check_weights_file(path: Path, meta: dict[str, Any]) -> None:
             f"{path} does not match the SHA-256 recorded in {CONFIG_NAME}: the file is corrupted, truncated, "
             f"or from another save{_interrupted_save_hint(path.parent)}"
         )
-
-
-def _model_class(meta: dict[str, Any]) -> type:
-    import transformers
-
-    info = meta.get("base_model") or {}
-    name, module = info.get("class"), info.get("module") or ""
-    cls = getattr(transformers, name, None) if isinstance(name, str) and module.startswith("transformers") else None
-    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        raise RPGCheckpointError(
-            f"cannot rebuild the base model class {module}.{name} named in {CONFIG_NAME} (only transformers "
-            "PreTrainedModel classes are rebuilt); pass base_model=<an instance of the architecture> to from_pretrained"
-        )
-    return cls
-
-
-def _read_model_config(cls: type, path: Path) -> Any:
-    try:
-        return cls.config_class.from_json_file(str(path))
-    except Exception as err:  # a malformed config.json fails anywhere inside transformers
-        raise RPGCheckpointError(f"cannot build {cls.__name__} from {path}: {err!r}") from err
-
-
-def _build_base_model(
-    meta: dict[str, Any], config: RPGConfig, model_config_path: Path | None, hub_kwargs: dict[str, Any]
-) -> nn.Module:
-    cls = _model_class(meta)
-    if config.mode == "delta":
-        info = meta.get("base_model") or {}
-        reference = info.get("name_or_path")
-        if not reference:
-            raise RPGCheckpointError(
-                "this delta checkpoint records no base model (base_model.name_or_path is empty); "
-                "pass base_model=<the pretrained model> to from_pretrained"
-            )
-        revision = info.get("revision")
-        # The saved config.json, not the base's: a fine-tuned head may differ from the base's
-        # (num_labels, id2label).
-        extra = {"config": _read_model_config(cls, model_config_path)} if model_config_path is not None else {}
-        try:
-            # safetensors only and no remote code: a checkpoint never makes hf_rpg unpickle or run code.
-            return cls.from_pretrained(
-                reference, revision=revision, use_safetensors=True, trust_remote_code=False, **extra, **hub_kwargs
-            )
-        except Exception as err:  # transformers and huggingface_hub raise many types (OSError, ValueError...)
-            raise RPGCheckpointError(
-                f"cannot load the base model {reference!r} (revision {revision!r}) that this delta checkpoint "
-                f"records, from safetensors weights: {err}. Pass base_model=<the pretrained model> to from_pretrained"
-            ) from err
-    if model_config_path is None:
-        raise RPGCheckpointError(f"the checkpoint has no {MODEL_CONFIG_NAME}; pass base_model=<the architecture>")
-    from transformers.initialization import no_init_weights
-
-    model_config = _read_model_config(cls, model_config_path)
-    try:
-        with no_init_weights():  # every weight is loaded or generated: skip the random init
-            model = cls._from_config(model_config)
-        if hasattr(model, "tie_weights"):
-            model.tie_weights()
-    except Exception as err:  # a malformed config.json fails anywhere inside transformers
-        raise RPGCheckpointError(f"cannot build {cls.__name__} from {model_config_path}: {err!r}") from err
-    return model
 
 
 def _dtype_kind(dtype: torch.dtype) -> str:
@@ -402,7 +354,7 @@ def _check_ring(path: Path, name: str, value: torch.Tensor, size: int) -> None:
         )
 
 
-def load_tensors(model: RPGModel, path: Path, *, binding: str | None = None) -> None:
+def load_tensors(model: CheckpointModel, path: Path, *, binding: str | None = None) -> None:
     """Copy the rings, stored parameters and buffers of ``path`` into ``model``.
 
     Everything is checked before anything is copied, so a failure changes nothing.
@@ -440,66 +392,6 @@ def load_tensors(model: RPGModel, path: Path, *, binding: str | None = None) -> 
             tensor.copy_(value)
 
 
-def load_checkpoint(
-    path_or_repo_id: str | Path,
-    base_model: nn.Module | None = None,
-    *,
-    revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-    force_download: bool = False,
-) -> RPGModel:
-    """Load an hf_rpg checkpoint from a local directory or a Hub repo id.
-
-    Args:
-        path_or_repo_id: A directory written by ``save_pretrained``, or ``"user/repo"``.
-        base_model: The model to apply the checkpoint to. Needed when the architecture
-            cannot be rebuilt from ``config.json`` (a custom ``nn.Module``), or to reuse
-            an already loaded base in delta mode.
-        revision, cache_dir, token, local_files_only, force_download: Hub options, as in
-            ``huggingface_hub.hf_hub_download``.
-
-    Returns:
-        An ``RPGModel`` in eval mode. Its outputs are bit-identical to the saved model's.
-    """
-    from .hub import resolve_checkpoint_files
-    from .model import RPGModel, targets_from_manifest
-    from .parametrize import is_generated
-
-    if base_model is not None and (
-        isinstance(base_model, RPGModel) or any(is_generated(m) for m in base_model.modules())
-    ):
-        raise RPGStateError(
-            "RPG is already applied to base_model; from_pretrained takes a plain model "
-            "(call merge_and_unload() on it first, or pass a freshly loaded base model)"
-        )
-    hub_kwargs = {"cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
-    files = resolve_checkpoint_files(path_or_repo_id, revision=revision, force_download=force_download, **hub_kwargs)
-    meta = read_metadata(files[CONFIG_NAME])
-    try:
-        config = RPGConfig.from_dict(meta["config"])
-    except RPGConfigError as err:
-        raise RPGConfigError(f"{files[CONFIG_NAME]}: 'config': {err}") from None
-    layout = Layout.from_dict(meta["manifest"])
-    _check_weights_file(files[WEIGHTS_NAME], meta)
-    if base_model is None:
-        base_model = _build_base_model(meta, config, files.get(MODEL_CONFIG_NAME), hub_kwargs)
-    targets = targets_from_manifest(base_model, layout)
-    trainable = [(p, p.requires_grad) for p in base_model.parameters()]
-    model = RPGModel._wrap(base_model, config, layout, targets, "empty")
-    try:
-        load_tensors(model, files[WEIGHTS_NAME], binding=binding_digest(meta))
-    except BaseException:
-        # A base_model the caller passed is theirs: give it back as it was, not half-wrapped.
-        model._unload({tid: target.param for tid, target in enumerate(targets)})
-        for param, flag in trainable:
-            param.requires_grad_(flag)
-        raise
-    model.eval()
-    return model
-
-
 def checkpoint_bytes(directory: str | Path) -> int:
     """Bytes on disk of the checkpoint files in ``directory``."""
     return sum(p.stat().st_size for p in Path(directory).iterdir() if p.is_file())
@@ -509,8 +401,13 @@ __all__ = [
     "CARD_NAME",
     "CONFIG_NAME",
     "MODEL_CONFIG_NAME",
+    "RING_PREFIX",
     "WEIGHTS_NAME",
+    "CheckpointModel",
+    "check_weights_file",
     "checkpoint_bytes",
-    "load_checkpoint",
+    "load_tensors",
+    "read_metadata",
     "save_checkpoint",
+    "stored_entries",
 ]

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
 from .errors import RPGError
+from .version import __version__
 
 
 def parse_dof(text: str) -> float | int:
@@ -31,9 +31,11 @@ def _quiet_progress_bars() -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_digits_demo
+    from .examples_support.demo import run_digits_demo
+    from .examples_support.threads import use_threads
 
     _quiet_progress_bars()
+    print(use_threads(args.threads), flush=True)
     result = run_digits_demo(
         model=args.model, dof=args.dof, epochs=args.epochs, lr=args.lr, seed=args.seed, output_dir=args.output_dir
     )
@@ -43,7 +45,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_metadata
-    from .hub import resolve_checkpoint_files
+    from .files import resolve_checkpoint_files
 
     files = resolve_checkpoint_files(args.checkpoint, revision=args.revision)
     meta = read_metadata(files[CONFIG_NAME])
@@ -110,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lr", type=float, default=1e-2)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--output-dir", type=Path, default=None, help="keep both checkpoints here")
+    demo.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else the idle cores, <= 4)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     info = sub.add_parser("info", help="DoF, sizes, generator version, targets and mode of a checkpoint")

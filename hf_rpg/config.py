@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from .describe import describe as _describe
 from .errors import RPGConfigError
 
 Mode = Literal["replace", "delta"]
@@ -33,10 +34,6 @@ RING_NAME_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 MAX_SEED = 2**64 - 1
 
 Pattern = str | list[str] | None
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
 
 
 def _check_pattern(name: str, value: Any, *, allow_none: bool = True) -> Pattern:

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from . import index_layout
+from . import index_encoding
 from .errors import RPGStateError
 from .generator import GeneratorKey, build_signed_index, derive_key, signed_indices
-from .layout import Layout, TargetLayout
+from .manifest import Layout, TargetLayout
 from .ring_autograd import _GenerateFromRing, _Request, buffer_is_free
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class WeightEngine:
 
     def _ring_index(self, ring_name: str, device: torch.device) -> torch.Tensor:
         """The ring's int32 cache on ``device``, in the layout picked for that device and
-        ring dtype (see ``index_layout``): built from the seed on first use, re-encoded
+        ring dtype (see ``index_encoding``): built from the seed on first use, re-encoded
         only when the device or the ring's dtype changes."""
         ring = self.layout.rings[ring_name]
         index = self._index.get(ring_name)
@@ -144,11 +144,11 @@ class WeightEngine:
             was_sign_bit = False
         elif index.device != device:
             index = index.to(device)
-        sign_bit = index_layout.use_sign_bit(ring.size, itemsize, index.dtype, device)
+        sign_bit = index_encoding.use_sign_bit(ring.size, itemsize, index.dtype, device)
         if sign_bit and not was_sign_bit:
-            index = index_layout.signed_to_sign_bit_(index, ring.size)
+            index = index_encoding.signed_to_sign_bit_(index, ring.size)
         elif was_sign_bit and not sign_bit:
-            index = index_layout.sign_bit_to_signed(index, ring.size)
+            index = index_encoding.sign_bit_to_signed(index, ring.size)
         self._index[ring_name], self._sign_bit[ring_name] = index, sign_bit
         self._index_for[ring_name] = itemsize
         return index
@@ -183,7 +183,7 @@ class WeightEngine:
         """Signed-ring indices of every element of ``target`` (1-D): into ``[ring, -ring]``."""
         index = self.raw_indices(ring_name, target, device)
         if self.sign_bit_layout(ring_name, device):
-            return index_layout.sign_bit_to_signed(index, self.layout.rings[ring_name].size)
+            return index_encoding.sign_bit_to_signed(index, self.layout.rings[ring_name].size)
         return index
 
     def _indices_at(self, ring_name: str, positions: torch.Tensor) -> torch.Tensor:
@@ -328,8 +328,18 @@ class WeightEngine:
         if not self.enabled:
             raise RPGStateError("this RPG model was unloaded; use the model merge_and_unload() returned")
 
+    def attribute(self, target_id: int) -> torch.Tensor:
+        """What ``module.<attr>`` returns. Replace mode: the generated tensor. Delta mode:
+        ``W0 + ΔW`` inside the owner's own forward, where the layer computes with it, and
+        the frozen base Parameter everywhere else (as PEFT's layers do): wrappers such as
+        FSDP find, shard and swap the real Parameter there, and never a generated copy."""
+        if self.specs[target_id].serving == "merged" and target_id not in self._scope_depth:
+            self._check_enabled()
+            return self._base(target_id)
+        return self.tensor(target_id)
+
     def tensor(self, target_id: int) -> torch.Tensor:
-        """The current value of a generated tensor (what ``module.weight`` returns)."""
+        """The current value of a generated tensor (``RPGModel.generated_weights``)."""
         self._check_enabled()
         if not self.update_enabled:
             base = self._base(target_id)
@@ -483,7 +493,7 @@ class WeightEngine:
         columns = torch.arange(dim, device=ids.device, dtype=torch.int64)
         positions = (ids.to(torch.int64).unsqueeze(-1) * dim + columns).add_(target.offset)
         index = self._indices_at(target.ring, positions.flatten())
-        values = index_layout.lookup(ring, index, self.sign_bit_layout(target.ring, ring.device))
+        values = index_encoding.lookup(ring, index, self.sign_bit_layout(target.ring, ring.device))
         rows = (values * target.gain).view(*ids.shape, dim)
         base = self._base(target_id)
         if base is not None:

@@ -14,15 +14,18 @@ weights file in return, so a mismatched pair is caught whichever file changed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import warnings
 from typing import Any
 
-from . import __version__
+from .describe import describe
+from .describe import is_int as _is_int
 from .errors import RPGCheckpointError, RPGGeneratorVersionError
 from .generator import SUPPORTED_GENERATORS
+from .version import __version__
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "generator", "config", "manifest")
@@ -34,15 +37,7 @@ BINDING_KEY = "hf_rpg_binding"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _describe(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+_describe = functools.partial(describe, limit=80)
 
 
 def check_metadata(meta: Any, source: str, *, weights_name: str) -> dict[str, Any]:

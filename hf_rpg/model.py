@@ -13,11 +13,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .base_model import build_base_model
+from .checkpoint import RING_PREFIX, check_weights_file, load_tensors, read_metadata, save_checkpoint, stored_entries
 from .config import RPGConfig
 from .engine import TargetSpec, WeightEngine
 from .errors import RPGConfigError, RPGManifestMismatchError, RPGStateError, RPGTargetError
+from .files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
 from .generator import ring_normal_init
-from .layout import Layout, assign_rings, build_layout
+from .hub import push_to_hub
+from .manifest import Layout, assign_rings, build_layout
+from .metadata import binding_digest
 from .parametrize import GeneratedSource, attach, detach, is_generated, original_class
 from .quantized import additive_layer_supported, dequantize, is_distributed_tensor, quantization_of
 from .report import DoFReport
@@ -309,7 +314,8 @@ class RPGModel(nn.Module):
             {name: nn.Parameter(self._initial_ring(name, ring_init, targets).to(ring_device)) for name in layout.rings}
         )
         stored = self._stored_parameter_ids(model, targets, config)
-        self._stored_ids = stored
+        # by name: wrappers such as FSDP replace the Parameter objects, never their names
+        self._stored_names = {n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in stored}
         for tid, target in enumerate(targets):
             target.param.requires_grad_(False)
             source = GeneratedSource(engine, tid, tid in rowwise, serving[tid])
@@ -479,6 +485,10 @@ class RPGModel(nn.Module):
 
     # ------------------------------------------------------------------ accounting
 
+    def _stored_ids(self) -> set[int]:
+        names = self._stored_names
+        return {id(p) for n, p in self.base_model.named_parameters(remove_duplicate=False) if n in names}
+
     def _delta_base_ids(self) -> set[int]:
         if self.rpg_config.mode != "delta":
             return set()
@@ -492,7 +502,7 @@ class RPGModel(nn.Module):
         if self.rpg_config.mode != "delta":
             return True
         bases = self._delta_base_ids() if delta_bases is None else delta_bases
-        return id(param) in self._stored_ids and id(param) not in bases
+        return id(param) in self._stored_ids() and id(param) not in bases
 
     def base_weight_names(self) -> set[str]:
         """Names (``base_model.``-prefixed) of the base model's parameters that are not
@@ -550,11 +560,22 @@ class RPGModel(nn.Module):
 
         See ``hf_rpg.checkpoint.save_checkpoint`` for the keyword arguments.
         """
-        from .checkpoint import save_checkpoint
-
         self._check_usable()
         _check_keywords("save_pretrained", kwargs, save_checkpoint, skip=2)
+        if kwargs.get("state_dict") is None:
+            gathered = self._gathered_for_saving()
+            if gathered is not None:
+                kwargs["state_dict"] = gathered
         save_checkpoint(self, save_directory, **kwargs)
+
+    def _gathered_for_saving(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP2 (or any DTensor sharding) the full tensors to save, gathered on every
+        rank (a collective: call ``save_pretrained`` on every rank; only the main one writes)."""
+        live = {RING_PREFIX + name: ring for name, ring in self.rpg_rings.items()}
+        live.update({"base_model." + name: tensor for name, tensor in stored_entries(self).items()})
+        if not any(is_distributed_tensor(t) for t in live.values()):
+            return None
+        return {key: t.full_tensor() if is_distributed_tensor(t) else t for key, t in live.items()}
 
     @classmethod
     def from_pretrained(
@@ -564,10 +585,8 @@ class RPGModel(nn.Module):
 
         Replace mode rebuilds the architecture from ``config.json`` and needs no base
         weights. Delta mode loads the base model the checkpoint records, or uses
-        ``base_model``. See ``hf_rpg.checkpoint.load_checkpoint`` for the keyword arguments.
+        ``base_model``. See ``hf_rpg.model.load_checkpoint`` for the keyword arguments.
         """
-        from .checkpoint import load_checkpoint
-
         _check_keywords("from_pretrained", kwargs, load_checkpoint, skip=2)
         return load_checkpoint(path_or_repo_id, base_model=base_model, **kwargs)
 
@@ -577,8 +596,6 @@ class RPGModel(nn.Module):
         See ``hf_rpg.hub.push_to_hub`` for the keyword arguments (``private``, ``token``,
         ``commit_message``, ``revision``, ``create_pr``, ``card_info``).
         """
-        from .hub import push_to_hub
-
         self._check_usable()
         return push_to_hub(self, repo_id, **kwargs)
 
@@ -628,3 +645,62 @@ class RPGModel(nn.Module):
         """Mode, ring sizes and generated elements, shown by ``print(model)``."""
         report = self.dof_report()
         return f"mode={self.rpg_config.mode!r}, rings={report.rings}, generated={report.generated_elements:,}"
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_checkpoint(
+    path_or_repo_id: str | Path,
+    base_model: nn.Module | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+) -> RPGModel:
+    """Load an hf_rpg checkpoint from a local directory or a Hub repo id.
+
+    Args:
+        path_or_repo_id: A directory written by ``save_pretrained``, or ``"user/repo"``.
+        base_model: The model to apply the checkpoint to. Needed when the architecture
+            cannot be rebuilt from ``config.json`` (a custom ``nn.Module``), or to reuse
+            an already loaded base in delta mode.
+        revision, cache_dir, token, local_files_only, force_download: Hub options, as in
+            ``huggingface_hub.hf_hub_download``.
+
+    Returns:
+        An ``RPGModel`` in eval mode. Its outputs are bit-identical to the saved model's.
+    """
+    if base_model is not None and (
+        isinstance(base_model, RPGModel) or any(is_generated(m) for m in base_model.modules())
+    ):
+        raise RPGStateError(
+            "RPG is already applied to base_model; from_pretrained takes a plain model "
+            "(call merge_and_unload() on it first, or pass a freshly loaded base model)"
+        )
+    hub_kwargs = {"cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
+    files = resolve_checkpoint_files(path_or_repo_id, revision=revision, force_download=force_download, **hub_kwargs)
+    meta = read_metadata(files[CONFIG_NAME])
+    try:
+        config = RPGConfig.from_dict(meta["config"])
+    except RPGConfigError as err:
+        raise RPGConfigError(f"{files[CONFIG_NAME]}: 'config': {err}") from None
+    layout = Layout.from_dict(meta["manifest"])
+    check_weights_file(files[WEIGHTS_NAME], meta)
+    if base_model is None:
+        base_model = build_base_model(meta, config, files.get(MODEL_CONFIG_NAME), hub_kwargs)
+    targets = targets_from_manifest(base_model, layout)
+    trainable = [(p, p.requires_grad) for p in base_model.parameters()]
+    model = RPGModel._wrap(base_model, config, layout, targets, "empty")
+    try:
+        load_tensors(model, files[WEIGHTS_NAME], binding=binding_digest(meta))
+    except BaseException:
+        # A base_model the caller passed is theirs: give it back as it was, not half-wrapped.
+        model._unload({tid: target.param for tid, target in enumerate(targets)})
+        for param, flag in trainable:
+            param.requires_grad_(flag)
+        raise
+    model.eval()
+    return model

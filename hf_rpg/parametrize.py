@@ -12,8 +12,10 @@ weights when the owner runs (after its pre-forward hooks, FSDP's unshard among t
 releases them when it returns (see ``hf_rpg.engine``). Three ways to serve a target:
 
 - ``replace``: the attribute is generated entirely; the Parameter is gone.
-- ``merged`` (delta mode, a dense base): the attribute reads ``W0 + ΔW``; the frozen base
-  stays in ``module._parameters`` untouched (assignments to it, as FSDP makes, go through).
+- ``merged`` (delta mode, a dense base): inside the owner's forward the attribute reads
+  ``W0 + ΔW``, so the layer's own forward computes with it; elsewhere it reads the frozen
+  base Parameter, which stays in ``module._parameters`` untouched (FSDP finds, shards and
+  swaps it there; assignments to it go through).
 - ``additive`` (delta mode, a quantized base): the attribute is the base Parameter itself
   and the owner's output gets ``x · ΔWᵀ`` added after its own forward.
 """
@@ -54,7 +56,7 @@ def _generated_property(attr: str) -> property:
     def fget(module: nn.Module) -> torch.Tensor:
         source = module.__dict__[_SOURCES][attr]
         try:
-            return source.engine.tensor(source.target_id)
+            return source.engine.attribute(source.target_id)
         except AttributeError as err:  # would otherwise be swallowed by nn.Module.__getattr__
             raise RuntimeError(f"generating {type(module).__name__}.{attr} failed: {err}") from err
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import index_layout
-from .layout import TargetLayout
+from . import index_encoding
+from .manifest import TargetLayout
 
 if TYPE_CHECKING:
     from .engine import WeightEngine
@@ -85,7 +85,7 @@ class _GenerateFromRing(torch.autograd.Function):
 
     Backward scatter-adds ``gain_t * dL/dW_t`` into the signed ring and folds it:
     ``grad_ring = grad_signed[:N] - grad_signed[N:]``; large CPU rings use the sign-bit
-    layout instead, with the same weights (see ``index_layout``). Indices come from the engine (the
+    layout instead, with the same weights (see ``index_encoding``). Indices come from the engine (the
     int32 cache, or recomputed from the seed), so nothing per-element is saved for backward.
     With ``out`` (a flat buffer, one slice per request) the weights are written into it
     instead of fresh memory: first-touching fresh pages costs as much as the gather itself.
@@ -244,7 +244,7 @@ def _gather_job(
         piece = values.narrow(0, start, length)
         part = base.narrow(0, start, length) if base is not None else None
         if sign_bit:
-            index_layout.gather_sign_bit(table, index.narrow(0, start, length), piece, gain, part)
+            index_encoding.gather_sign_bit(table, index.narrow(0, start, length), piece, gain, part)
             return
         torch.index_select(table, 0, index.narrow(0, start, length), out=piece)
         piece.mul_(gain)
@@ -258,7 +258,7 @@ def _scatter_job(grad_table: torch.Tensor, sign_bit: bool, spans: list[tuple[tor
     def job() -> None:
         for index, grad, gain in spans:
             if sign_bit:
-                index_layout.scatter_sign_bit_(grad_table, index, grad, gain)
+                index_encoding.scatter_sign_bit_(grad_table, index, grad, gain)
             else:
                 grad_table.index_add_(0, index, grad.to(grad_table.dtype), alpha=gain)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, _check_weights_file, load_tensors, read_metadata
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_weights_file, load_tensors, read_metadata
 from .config import RPGConfig
 from .errors import RPGManifestMismatchError
-from .layout import Layout
+from .manifest import Layout
 from .metadata import binding_digest
 from .model import RPGModel
 
@@ -42,7 +42,7 @@ def load_weights_into(model: RPGModel, directory: str | Path) -> None:
     """
     directory = Path(directory)
     meta = read_metadata(directory / CONFIG_NAME)
-    _check_weights_file(directory / WEIGHTS_NAME, meta)
+    check_weights_file(directory / WEIGHTS_NAME, meta)
     saved_config = RPGConfig.from_dict(meta["config"])
     for field in ("seed", "mode"):
         saved_value, value = getattr(saved_config, field), getattr(model.rpg_config, field)

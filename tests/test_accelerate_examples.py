@@ -109,8 +109,9 @@ def _text_loader(text_example: ModuleType, argv: list[str], path: str):
     return test_loader
 
 
-def test_text_example_delta(text_example, minilm, tmp_path, capsys):
-    argv = ["--mode", "delta", "--dof", "0.01", "--lr", "1e-3", *TEXT_TINY, "--output-dir", str(tmp_path)]
+def test_text_example_delta(text_example, minilm, rt_dir, tmp_path, capsys):
+    argv = ["--mode", "delta", "--dof", "0.01", "--lr", "1e-3", *TEXT_TINY, "--data-dir", str(rt_dir)]
+    argv += ["--output-dir", str(tmp_path)]
     results = text_example.main(argv)
     assert "rpg: accuracy" in capsys.readouterr().out
     meta = _check_checkpoint(tmp_path / "rpg")
@@ -125,10 +126,10 @@ def test_text_example_delta(text_example, minilm, tmp_path, capsys):
     assert _accuracy(loaded, _text_loader(text_example, argv, minilm)) == results["rpg"]["accuracy"]
 
 
-def test_text_example_replace_project(text_example, minilm, tmp_path, capsys):
+def test_text_example_replace_project(text_example, minilm, rt_dir, tmp_path, capsys):
     # only the first two layers generated, to stay fast; the rest of the pretrained weights are stored
     argv = ["--mode", "replace", "--init", "project", "--dof", "0.5", "--target-modules", r".*encoder\.layer\.[01]\..*"]
-    argv += [*TEXT_TINY, "--output-dir", str(tmp_path)]
+    argv += [*TEXT_TINY, "--data-dir", str(rt_dir), "--output-dir", str(tmp_path)]
     results = text_example.main(argv)
     assert "rpg: accuracy" in capsys.readouterr().out
     meta = _check_checkpoint(tmp_path / "rpg")

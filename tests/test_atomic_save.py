@@ -16,7 +16,6 @@ from conftest import MODELS, model_outputs
 
 import hf_rpg.atomic
 import hf_rpg.checkpoint
-import hf_rpg.hub
 from hf_rpg import RPGCheckpointError, RPGConfig, RPGModel, apply_rpg
 from hf_rpg.atomic import BACKUP_DIR
 
@@ -64,7 +63,7 @@ WRITE_PHASE_FAILURES = [
     (hf_rpg.checkpoint, "save_file"),  # the weights file
     (hf_rpg.checkpoint, "_sha256"),
     (hf_rpg.checkpoint, "_write_model_config"),  # config.json
-    (hf_rpg.hub, "model_card_text"),  # README.md
+    (hf_rpg.checkpoint, "model_card_text"),  # README.md
     (hf_rpg.checkpoint, "format_metadata"),  # rpg_config.json
     (hf_rpg.atomic, "fsync_file"),
 ]

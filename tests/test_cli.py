@@ -56,8 +56,9 @@ def test_errors_are_one_line_and_a_nonzero_exit(tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--epochs", "1", "--dof", "0.5", "--output-dir", str(tmp_path)]) == 0
+    assert main(["demo", "--epochs", "1", "--dof", "0.5", "--threads", "1", "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert out.startswith("torch threads: 1 (asked for)\n")  # says what it chose, first
     assert "dense" in out and "rpg" in out and "checkpoint" in out
     assert (tmp_path / "rpg" / "rpg_model.safetensors").exists()
 

@@ -13,7 +13,7 @@ import torch
 from conftest import MODELS, model_outputs
 
 import hf_rpg.ring_autograd
-from hf_rpg import RPGConfig, RPGModel, apply_rpg, index_layout
+from hf_rpg import RPGConfig, RPGModel, apply_rpg, index_encoding
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
 
@@ -24,7 +24,7 @@ def test_cuda_generates_the_cpu_weights_bit_for_bit(name, sign_bit_on_cpu, monke
     """Moving a model to the GPU re-encodes its index cache for the device (the sign-bit
     layout is CPU-only) and must not change a single generated bit."""
     if sign_bit_on_cpu:
-        monkeypatch.setattr(index_layout, "SIGN_BIT_MIN_SIGNED_BYTES", 0)
+        monkeypatch.setattr(index_encoding, "SIGN_BIT_MIN_SIGNED_BYTES", 0)
     torch.manual_seed(0)
     model = apply_rpg(MODELS[name].build(), RPGConfig(dof=0.2, seed=4))
     assert all(model._engine._sign_bit.values()) == sign_bit_on_cpu

@@ -1,4 +1,4 @@
-"""hf_rpg.data against the real local files: rt-polarity, Fashion-MNIST, digits, MiniLM.
+"""hf_rpg.examples_support.data against the real local files: rt-polarity, Fashion-MNIST, digits, MiniLM.
 
 rt-polarity and Fashion-MNIST must be present (CI installs them, see docs/examples.md):
 a missing copy fails with the command that provides it instead of skipping.
@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import MINILM_HINT
 
-from hf_rpg import data
+from hf_rpg.examples_support import data
 
 
 def test_rt_polarity_counts_and_split(rt_dir):
@@ -97,7 +97,7 @@ def test_fashion_mnist(fashion_dir):
 
 
 def test_digits_match_the_demo_split():
-    from hf_rpg.demo import load_digits_split
+    from hf_rpg.examples_support.demo import load_digits_split
 
     digits = data.load_digits()
     assert (len(digits["train"]), len(digits["test"])) == (1437, 360)
@@ -155,3 +155,69 @@ def test_hub_fallback_when_no_local_copy(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(FileNotFoundError, match=data.RT_POLARITY_ENV):
         data.load_rt_polarity()
+    with pytest.raises(FileNotFoundError) as failure:
+        data.load_fashion_mnist()
+    message = str(failure.value)
+    # one line that names every way to provide the data
+    assert "\n" not in message and "offline" in message
+    for way in (str(tmp_path / "absent"), data.FASHION_MNIST_ENV, "--data-dir", data.FASHION_MNIST_HUB, "apt-get"):
+        assert way in message
+
+
+def _fake_rotten_tomatoes(name):
+    import datasets
+
+    assert name == data.RT_POLARITY_HUB
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    splits = {
+        "train": {"text": ["a fine film .", "dull ,\ndull .", "great ."], "label": [1, 0, 1]},
+        "validation": {"text": ["bad ."], "label": [0]},
+        "test": {"text": ["good .", "awful ."], "label": [1, 0]},
+    }
+    return datasets.DatasetDict({k: datasets.Dataset.from_dict(v, features=features) for k, v in splits.items()})
+
+
+def test_rt_polarity_folder_writes_the_hub_copy_out(monkeypatch, tmp_path):
+    """No local copy: the Hub's rotten_tomatoes becomes the two files the local loader reads."""
+    import datasets
+
+    monkeypatch.delenv(data.RT_POLARITY_ENV, raising=False)
+    monkeypatch.setattr(data, "RT_POLARITY_DEFAULT", tmp_path / "absent")
+    monkeypatch.setattr(datasets, "load_dataset", _fake_rotten_tomatoes)
+    folder = data.rt_polarity_folder(tmp_path / "export")
+    assert folder == tmp_path / "export"
+    assert data._read_lines(folder / "rt-polarity.neg") == ["dull , dull .", "bad .", "awful ."]
+    assert data._read_lines(folder / "rt-polarity.pos") == ["a fine film .", "great .", "good ."]
+    rt = data.load_rt_polarity(folder, test_size=2)
+    assert sorted([*rt["train"]["text"], *rt["test"]["text"]]) == sorted(
+        ["dull , dull .", "bad .", "awful .", "a fine film .", "great .", "good ."]
+    )
+
+
+def test_rt_polarity_folder_prefers_the_local_copy(rt_dir, monkeypatch, tmp_path):
+    import datasets
+
+    def no_hub(name):
+        raise AssertionError("the Hub was asked although a local copy exists")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    monkeypatch.setenv(data.RT_POLARITY_ENV, str(rt_dir))
+    assert data.rt_polarity_folder(tmp_path / "unused") == rt_dir
+    assert not (tmp_path / "unused").exists()
+
+
+def test_rt_polarity_missing_everywhere_is_one_line(monkeypatch, tmp_path):
+    import datasets
+
+    def offline(name):
+        raise ConnectionError(f"Couldn't reach {name!r} on the Hub (OfflineModeIsEnabled)\nmore detail")
+
+    monkeypatch.delenv(data.RT_POLARITY_ENV, raising=False)
+    monkeypatch.setattr(data, "RT_POLARITY_DEFAULT", tmp_path / "absent")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(FileNotFoundError) as failure:
+        data.rt_polarity_folder(tmp_path / "export")
+    message = str(failure.value)
+    assert "\n" not in message and "OfflineModeIsEnabled" in message and "more detail" not in message
+    for way in (str(tmp_path / "absent"), data.RT_POLARITY_ENV, "--data-dir", data.RT_POLARITY_HUB, "HF_HUB_OFFLINE"):
+        assert way in message

@@ -8,9 +8,14 @@ import pkgutil
 
 import hf_rpg
 
+# Deprecated aliases of moved modules: importing them warns, and they hold nothing of their own.
+DEPRECATED_ALIASES = {"data", "demo"}
+
 
 def _public_objects():
-    for info in pkgutil.iter_modules(hf_rpg.__path__):
+    for info in pkgutil.walk_packages(hf_rpg.__path__, prefix=""):
+        if info.name in DEPRECATED_ALIASES:
+            continue
         module = importlib.import_module(f"hf_rpg.{info.name}")
         for name, obj in vars(module).items():
             if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:

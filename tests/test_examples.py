@@ -19,5 +19,6 @@ def test_quickstart_script(tmp_path):
         env=env,
         check=True,
     )
+    assert "torch threads: 1 (OMP_NUM_THREADS)" in result.stdout
     assert "merged logits identical: True" in result.stdout
     assert (tmp_path / "rpg" / "rpg_model.safetensors").exists()

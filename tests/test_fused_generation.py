@@ -49,7 +49,7 @@ def test_fused_path_matches_the_per_target_path(name, mode, monkeypatch):
 
 
 def test_runs_of_consecutive_targets():
-    from hf_rpg.layout import TargetLayout
+    from hf_rpg.manifest import TargetLayout
 
     def t(offset, numel):
         return TargetLayout(name=f"t{offset}", shape=(numel,), offset=offset, gain=1.0, ring="default")

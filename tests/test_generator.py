@@ -20,9 +20,12 @@ from hf_rpg.generator import (
     signed_indices,
 )
 
-# (seed, ring, P, N) -> signed indices and permuted positions at p = 0, 1, 2, 3, P//2, P-1.
-# Computed once with the pure-Python reference. Any change to the generator must change
-# GENERATOR_VERSION and these vectors; a silent change fails here.
+# The one golden table. (seed, ring, P, N) -> signed indices and permuted positions at
+# p = 0, 1, 2, 3, P//2, P-1, computed once with the pure-Python reference; the last three
+# rows go above 2**31: N above 2**30 (int64 indices), P = 2**62 (the largest size) and
+# P = 2**33 + 1 (the longest cycle walks). Any change to the generator must change
+# GENERATOR_VERSION and these vectors; a silent change fails here (and in
+# test_generator_properties, against the spec written again from docs/generator.md).
 GOLDEN = [
     ((0, "default", 1000, 100), [48, 79, 77, 128, 69, 96], [848, 879, 777, 328, 669, 296]),
     ((12345, "default", 4097, 10), [9, 8, 0, 10, 19, 7], [3449, 1078, 170, 3920, 3259, 657]),
@@ -35,6 +38,28 @@ GOLDEN = [
         (7, "default", 10**9 + 7, 1000),
         [615, 1022, 1899, 805, 91, 1090],
         [296848615, 421545022, 222558899, 400295805, 674356091, 945136090],
+    ),
+    (
+        (2**63 + 1, "default", 2**62, 2**40),
+        [1886383914913, 774521025343, 1826838229328, 988249339156, 1350525594358, 427079978592],
+        [
+            2898302442573545377,
+            1365219282753745727,
+            3086356254772900176,
+            319292567885722900,
+            3361525055985625846,
+            796704353543212640,
+        ],
+    ),
+    (
+        (5, "stage2", 2**31 + 11, 2**30 + 3),
+        [1958087259, 443274462, 1698895152, 974049764, 1686968558, 2005245113],
+        [1958087259, 1517016289, 1698895152, 974049764, 1686968558, 931503286],
+    ),
+    (
+        (99, "default", 2**33 + 1, 12345),
+        [10620, 17095, 12154, 14761, 19251, 10961],
+        [4225543635, 341023030, 8065346314, 7578721366, 7986826866, 7692106391],
     ),
 ]
 GOLDEN_KEY = (1964657192, 65944947, 1362666387, 311127504)

@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 import torch
-from conftest import model_outputs
+from conftest import model_outputs, train_steps
 
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
-
-
-def _train_steps(model, batch, steps=6, lr=1e-2):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    model.train()
-    for _ in range(steps):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
 
 
 def test_forward_matches_base_interface(tiny):
@@ -58,13 +45,13 @@ def test_no_dense_copy_and_gradients_only_on_ring_and_others(tiny):
 
 def test_optimizer_steps_lower_the_loss(tiny):
     model = apply_rpg(tiny.build(), RPGConfig(dof=0.2, seed=0))
-    losses = _train_steps(model, tiny.batch(0))
+    losses = train_steps(model, tiny.batch(0))
     assert losses[-1] < losses[0] * 0.9, losses
 
 
 def test_save_load_round_trip_is_bit_exact(tiny, tmp_path):
     model = apply_rpg(tiny.build(), RPGConfig(dof=0.2, seed=0))
-    _train_steps(model, tiny.batch(0), steps=3)
+    train_steps(model, tiny.batch(0), steps=3)
     batch = tiny.batch(1)
     expected = model_outputs(model, batch)
     model.save_pretrained(tmp_path)
@@ -84,7 +71,7 @@ def test_save_load_round_trip_is_bit_exact(tiny, tmp_path):
 def test_merge_round_trip_loads_with_plain_transformers(tiny, tmp_path):
     base_cls = None
     model = apply_rpg(tiny.build(), RPGConfig(dof=0.2, seed=0))
-    _train_steps(model, tiny.batch(0), steps=3)
+    train_steps(model, tiny.batch(0), steps=3)
     batch = tiny.batch(1)
     expected = model_outputs(model, batch)
     generated = {name: w.detach().clone() for name, w in model.generated_weights()}

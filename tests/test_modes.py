@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import make_bert_cls, make_bert_mlm, make_resnet, make_vit, model_outputs
+from conftest import make_bert_cls, make_bert_mlm, make_resnet, make_vit, model_outputs, train_steps
 
 from hf_rpg import RPGConfig, RPGConfigError, RPGModel, RPGStateError, apply_rpg
 
@@ -14,16 +14,6 @@ from hf_rpg import RPGConfig, RPGConfigError, RPGModel, RPGStateError, apply_rpg
 def _batch(seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"input_ids": torch.randint(0, 99, (4, 10), generator=g), "labels": torch.randint(0, 3, (4,), generator=g)}
-
-
-def _train(model, batch, steps=5, lr=1e-2):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
 
 
 def test_delta_mode_starts_at_the_base_model_and_trains_ring_and_head():
@@ -35,7 +25,7 @@ def test_delta_mode_starts_at_the_base_model_and_trains_ring_and_head():
     assert torch.count_nonzero(model.rpg_rings["default"]) == 0
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     assert trainable == ["base_model.classifier.bias", "base_model.classifier.weight", "rpg_rings.default"]
-    _train(model, batch)
+    train_steps(model, batch, steps=5)
     assert not torch.equal(model_outputs(model, batch), model_outputs(reference, batch))
     # the frozen base weights did not move
     query = "bert.encoder.layer.0.attention.self.query.weight"
@@ -55,7 +45,7 @@ def test_delta_checkpoint_records_base_and_loads_both_ways(tmp_path):
 
     model = apply_rpg(BertForSequenceClassification.from_pretrained(base_dir), RPGConfig(mode="delta", dof=300))
     batch = _batch()
-    _train(model, batch)
+    train_steps(model, batch, steps=5)
     expected = model_outputs(model, batch)
     model.save_pretrained(tmp_path / "delta")
     import json

@@ -36,7 +36,7 @@ def test_notebook_is_committed_without_outputs(name):
 
 
 @pytest.mark.slow
-def test_notebooks_run_headless(tmp_path):
+def test_notebooks_run_headless(tmp_path, rt_dir):
     """nbmake in subprocesses, as CI would call it: ``pytest --nbmake examples/notebooks``.
 
     One subprocess per notebook, all at once: each spends most of its time starting a
@@ -49,6 +49,8 @@ def test_notebooks_run_headless(tmp_path):
         "MPLBACKEND": "Agg",
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
+        # bert_finetuning reads rt-polarity: the local copy, or the Hub's written out by the fixture
+        "HF_RPG_RT_POLARITY_DIR": str(rt_dir),
         "TOKENIZERS_PARALLELISM": "false",
         # the kernel imports this checkout's hf_rpg, whatever is installed
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

@@ -3,6 +3,8 @@ hf_rpg checkpoints and resuming from one continues exactly."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets
 import pytest
 import torch
@@ -77,10 +79,13 @@ def test_rpg_trainer_checkpoints_are_compact_hf_rpg_checkpoints(tmp_path, mode):
     assert {"rpg_config.json", "rpg_model.safetensors", "config.json", "optimizer.pt"} <= files
     assert "model.safetensors" not in files
     trainer.save_model(str(tmp_path / "final"))
-    loaded = RPGModel.from_pretrained(tmp_path / "final", base_model=make_bert_cls() if mode == "delta" else None)
+    torch.manual_seed(0)  # delta mode: the same base model as _model's, which the checkpoint does not store
+    base = make_bert_cls() if mode == "delta" else None
     batch = {"input_ids": torch.randint(0, 99, (3, 10))}
-    if mode == "replace":
-        assert torch.equal(model_outputs(loaded, batch), model_outputs(model, batch))
+    untrained = model_outputs(_model(mode), batch)
+    loaded = RPGModel.from_pretrained(tmp_path / "final", base_model=base)
+    assert torch.equal(model_outputs(loaded, batch), model_outputs(model, batch))
+    assert not torch.allclose(model_outputs(model, batch), untrained)  # the comparison is of trained outputs
     assert torch.equal(loaded.rpg_rings["default"], model.rpg_rings["default"])
     size = (tmp_path / "final" / "rpg_model.safetensors").stat().st_size
     assert size < 4 * model.dof_report().trainable + 64 * 1024
@@ -103,6 +108,9 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
 
 
 def test_load_best_model_at_end(tmp_path):
+    # The best checkpoint must not be the last step, or a _load_best_model that does nothing
+    # would pass. The evaluation rows are the first 16 training rows, whose loss falls as
+    # training goes on; with greater_is_better=True the best is therefore the step-3 checkpoint.
     model = _model()
     args = _args(
         tmp_path,
@@ -111,10 +119,17 @@ def test_load_best_model_at_end(tmp_path):
         eval_steps=3,
         load_best_model_at_end=True,
         metric_for_best_model="loss",
+        greater_is_better=True,
     )
     trainer = RPGTrainer(model=model, args=args, train_dataset=_dataset(), eval_dataset=_dataset(16))
     trainer.train()
+    evals = {log["step"]: log["eval_loss"] for log in trainer.state.log_history if "eval_loss" in log}
+    assert set(evals) == {3, STEPS} and evals[3] > evals[STEPS]
     best = trainer.state.best_model_checkpoint
-    assert best is not None
-    reference = RPGModel.from_pretrained(best)
-    torch.testing.assert_close(model.rpg_rings["default"], reference.rpg_rings["default"], rtol=0, atol=0)
+    assert best is not None and Path(best).name == "checkpoint-3"
+    at_best = RPGModel.from_pretrained(best)
+    at_end = RPGModel.from_pretrained(tmp_path / "best" / f"checkpoint-{STEPS}")
+    assert not torch.equal(at_best.rpg_rings["default"], at_end.rpg_rings["default"])  # training went on
+    torch.testing.assert_close(model.rpg_rings["default"], at_best.rpg_rings["default"], rtol=0, atol=0)
+    batch = {"input_ids": torch.randint(0, 99, (3, 10))}
+    assert torch.equal(model_outputs(model, batch), model_outputs(at_best, batch))

@@ -87,11 +87,28 @@ def test_gradient_checkpointing_non_reentrant_gives_the_same_gradients():
             torch.testing.assert_close(model.get_parameter(name).grad, param.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_gradient_checkpointing_on_a_vit():
+def _vit_gradients(checkpointing: bool) -> tuple[dict[str, torch.Tensor], int]:
+    """Gradients of one ViT step (ring and every other parameter), and how often layer 0's query ran."""
     torch.manual_seed(0)
     model = apply_rpg(make_vit(), RPGConfig(dof=0.2))
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    batch = {"pixel_values": torch.randn(2, 3, 16, 16), "labels": torch.tensor([0, 1])}
+    calls = []
+    query = model.base_model.vit.layers[0].attention.q_proj
+    query.register_forward_hook(lambda module, args, output: calls.append(1))
+    g = torch.Generator().manual_seed(1)
+    batch = {"pixel_values": torch.randn(2, 3, 16, 16, generator=g), "labels": torch.tensor([0, 1])}
     model(**batch).loss.backward()
-    assert model.rpg_rings["default"].grad.abs().sum() > 0
+    grads = {name: param.grad for name, param in model.named_parameters() if param.grad is not None}
+    return grads, len(calls)
+
+
+def test_gradient_checkpointing_on_a_vit():
+    reference, reference_calls = _vit_gradients(checkpointing=False)
+    checkpointed, calls = _vit_gradients(checkpointing=True)
+    assert (reference_calls, calls) == (1, 2)  # with checkpointing the layer ran again during backward
+    assert "rpg_rings.default" in reference and reference["rpg_rings.default"].abs().sum() > 0
+    assert set(checkpointed) == set(reference)
+    for name, grad in reference.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)

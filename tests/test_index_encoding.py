@@ -1,6 +1,6 @@
 """The two in-memory layouts of the index cache give the same model.
 
-Large CPU rings keep their cache in the sign-bit layout (``hf_rpg.index_layout``); the
+Large CPU rings keep their cache in the sign-bit layout (``hf_rpg.index_encoding``); the
 tiny test models are far below that size, so these tests lower the threshold and compare
 each model against the signed layout: weights bit for bit, ring gradients to rounding.
 """
@@ -14,7 +14,7 @@ import torch
 from conftest import MODELS, forward_backward, torch_threads
 
 import hf_rpg.ring_autograd
-from hf_rpg import RPGConfig, apply_rpg, index_layout
+from hf_rpg import RPGConfig, apply_rpg, index_encoding
 from hf_rpg.generator import build_signed_index, derive_key
 
 
@@ -24,7 +24,7 @@ def _pair(name: str, monkeypatch, **config):
     tiny = MODELS[name]
     base = tiny.build()
     signed = apply_rpg(copy.deepcopy(base), RPGConfig(seed=3, **config))
-    monkeypatch.setattr(index_layout, "SIGN_BIT_MIN_SIGNED_BYTES", 0)
+    monkeypatch.setattr(index_encoding, "SIGN_BIT_MIN_SIGNED_BYTES", 0)
     sign_bit = apply_rpg(base, RPGConfig(seed=3, **config))
     assert not any(signed._engine._sign_bit.values())
     assert all(sign_bit._engine._sign_bit.values())
@@ -68,7 +68,7 @@ def test_sign_bit_layout_in_parallel_blocks(monkeypatch):
     """Several threads and blocks smaller than a target."""
     tiny, signed, sign_bit = _pair("vit", monkeypatch, dof=0.25)
     batch = tiny.batch(2)
-    monkeypatch.setattr(index_layout, "BLOCK", 100)
+    monkeypatch.setattr(index_encoding, "BLOCK", 100)
     monkeypatch.setattr(hf_rpg.ring_autograd, "PARALLEL_CHUNK", 512)
     with torch_threads(2):
         _, weights_a, grads_a = forward_backward(signed, batch)
@@ -81,22 +81,22 @@ def test_sign_bit_layout_in_parallel_blocks(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_sign_bit_gather_and_scatter_against_the_signed_ring(dtype, monkeypatch):
     """Each float width (float32 flips the sign bit; others multiply by the sign)."""
-    monkeypatch.setattr(index_layout, "BLOCK", 333)
+    monkeypatch.setattr(index_encoding, "BLOCK", 333)
     total, size, gain = 5000, 700, 0.7
     signed = build_signed_index(total, size, derive_key(0, "default"))
-    sign_bit = index_layout.signed_to_sign_bit_(signed.clone(), size)
+    sign_bit = index_encoding.signed_to_sign_bit_(signed.clone(), size)
     ring = torch.randn(size, generator=torch.Generator().manual_seed(0)).to(dtype)
     base = torch.randn(total, generator=torch.Generator().manual_seed(1)).to(dtype)
 
     out = torch.empty(total, dtype=dtype)
-    index_layout.gather_sign_bit(ring, sign_bit, out, gain, base)
+    index_encoding.gather_sign_bit(ring, sign_bit, out, gain, base)
     assert torch.equal(out, torch.cat((ring, ring.neg()))[signed] * gain + base)
-    assert torch.equal(index_layout.lookup(ring, sign_bit, True), index_layout.lookup(ring, signed, False))
+    assert torch.equal(index_encoding.lookup(ring, sign_bit, True), index_encoding.lookup(ring, signed, False))
 
     grad = torch.randn(total, generator=torch.Generator().manual_seed(2)).to(dtype)
     folded = torch.zeros(2 * size, dtype=dtype).index_add_(0, signed, grad, alpha=gain)
     got = torch.zeros(size, dtype=dtype)
-    index_layout.scatter_sign_bit_(got, sign_bit, grad, gain)
+    index_encoding.scatter_sign_bit_(got, sign_bit, grad, gain)
     tolerance = {"rtol": 2e-2, "atol": 5e-2} if dtype == torch.bfloat16 else {}
     torch.testing.assert_close(got, folded[:size] - folded[size:], **tolerance)
 
@@ -104,18 +104,18 @@ def test_sign_bit_gather_and_scatter_against_the_signed_ring(dtype, monkeypatch)
 def test_layout_round_trip_and_threshold():
     total, size = 5000, 700
     signed = build_signed_index(total, size, derive_key(0, "default"))
-    sign_bit = index_layout.signed_to_sign_bit_(signed.clone(), size)
+    sign_bit = index_encoding.signed_to_sign_bit_(signed.clone(), size)
     negative = signed >= size
     assert torch.equal(sign_bit < 0, negative)
-    assert torch.equal(sign_bit.bitwise_and(index_layout.MAGNITUDE), signed - size * negative.int())
-    assert torch.equal(index_layout.sign_bit_to_signed(sign_bit, size), signed)
+    assert torch.equal(sign_bit.bitwise_and(index_encoding.MAGNITUDE), signed - size * negative.int())
+    assert torch.equal(index_encoding.sign_bit_to_signed(sign_bit, size), signed)
 
     cpu, meta = torch.device("cpu"), torch.device("meta")
-    big = index_layout.SIGN_BIT_MIN_SIGNED_BYTES // 8 + 1  # its float32 signed ring is just over
-    assert index_layout.use_sign_bit(big, 4, torch.int32, cpu)
-    assert not index_layout.use_sign_bit(big - 1, 4, torch.int32, cpu)
-    assert not index_layout.use_sign_bit(big, 4, torch.int64, cpu)  # the layout needs int32
-    assert not index_layout.use_sign_bit(big, 4, torch.int32, meta)  # CPU only
+    big = index_encoding.SIGN_BIT_MIN_SIGNED_BYTES // 8 + 1  # its float32 signed ring is just over
+    assert index_encoding.use_sign_bit(big, 4, torch.int32, cpu)
+    assert not index_encoding.use_sign_bit(big - 1, 4, torch.int32, cpu)
+    assert not index_encoding.use_sign_bit(big, 4, torch.int64, cpu)  # the layout needs int32
+    assert not index_encoding.use_sign_bit(big, 4, torch.int32, meta)  # CPU only
 
 
 def test_projection_init_reads_indices_in_either_layout(monkeypatch):

@@ -1,4 +1,4 @@
-"""Two in-memory layouts of the int32 index cache, and the gather / scatter-add for each.
+"""The in-memory index encoding: two layouts of the int32 index cache, and the gather / scatter-add for each.
 
 The generator (``generator.py``) defines one thing: for each position, a ring entry ``k``
 and a sign. How the cache stores that pair is an in-memory choice (caches are never

@@ -6,12 +6,15 @@ a model happens to register its modules.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import DEFAULT_RING, RING_NAME_PATTERN, RPGConfig
+from .describe import is_int as _is_int
+from .describe import short
 from .errors import RPGConfigError, RPGManifestMismatchError
 from .generator import MAX_POSITIONS
 from .targets import FoundTarget, matches
@@ -21,13 +24,7 @@ from .targets import FoundTarget, matches
 _MISSING = object()
 
 
-def _short(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+_short = functools.partial(short, limit=120)
 
 
 def _where(kind: str, data: dict[str, Any]) -> str:
