@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 
     from torch import nn
 
-    from .parametrize import GeneratedSource
-
 # Freed generated weights are kept for reuse up to this many bytes (or four times the
 # largest target, if more): first-touching fresh pages costs about as much as the gather
 # itself on CPU, and reusing memory keeps the per-layer engine as fast as generating all
@@ -384,7 +382,7 @@ class WeightEngine:
     def run_owner(
         self,
         module: nn.Module,
-        sources: dict[str, GeneratedSource],
+        sources: dict[str, Any],  # attribute -> parametrize.GeneratedSource
         forward: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],

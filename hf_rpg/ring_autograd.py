@@ -13,15 +13,29 @@ import itertools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from . import index_encoding
 from .manifest import TargetLayout
 
-if TYPE_CHECKING:
-    from .engine import WeightEngine
+
+class WeightEngine(Protocol):
+    """What the autograd function needs from the engine (``hf_rpg.engine.WeightEngine``):
+    where each target's indices come from."""
+
+    cache_indices: bool
+
+    def sign_bit_layout(self, ring_name: str, device: torch.device) -> bool:
+        """Whether ``raw_indices`` of this ring come in the sign-bit layout on ``device``."""
+        ...
+
+    def raw_indices(self, ring_name: str, target: TargetLayout, device: torch.device) -> torch.Tensor:
+        """The indices of ``target`` (1-D) in the ring's layout on ``device``."""
+        ...
+
+    def _ring_index(self, ring_name: str, device: torch.device) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
