@@ -38,8 +38,9 @@ def _read_model_config(cls: type, path: Path) -> Any:
 def build_base_model(
     meta: dict[str, Any], config: RPGConfig, model_config_path: Path | None, hub_kwargs: dict[str, Any]
 ) -> nn.Module:
-    """The base model a checkpoint names, without its ring: built from ``config.json`` in replace mode
-    (no base weights), loaded from the recorded reference and revision in delta mode.
+    """The base model a checkpoint names, without its ring: built from ``config.json`` on the
+    meta device in replace mode (no base weights), loaded from the recorded reference and
+    revision in delta mode.
 
     ``hub_kwargs`` (``cache_dir``, ``token``, ``local_files_only``) go to ``from_pretrained``.
     Only transformers ``PreTrainedModel`` classes are rebuilt, from safetensors, without remote code.
@@ -69,11 +70,14 @@ def build_base_model(
             ) from err
     if model_config_path is None:
         raise RPGCheckpointError(f"the checkpoint has no {MODEL_CONFIG_NAME}; pass base_model=<the architecture>")
+    import torch
     from transformers.initialization import no_init_weights
 
     model_config = _read_model_config(cls, model_config_path)
     try:
-        with no_init_weights():  # every weight is loaded or generated: skip the random init
+        # On the meta device: the generated weights are never allocated; what the checkpoint
+        # stores is materialised by the loader (and the rest initialised there).
+        with no_init_weights(), torch.device("meta"):
             model = cls._from_config(model_config)
         if hasattr(model, "tie_weights"):
             model.tie_weights()

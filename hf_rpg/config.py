@@ -19,16 +19,18 @@ Mode = Literal["replace", "delta"]
 Init = Literal["random", "project"]
 Gain = Literal["auto", "kaiming_fan_in", "kaiming_fan_out"]
 OtherParameters = Literal["train", "head", "freeze"]
-IndexCache = Literal["int32", "none"]
+IndexCache = Literal["auto", "int32", "none"]
 RingDtype = Literal["float32", "float64", "bfloat16", "float16"]
 
 MODES = ("replace", "delta")
 INITS = ("random", "project")
 GAINS = ("auto", "kaiming_fan_in", "kaiming_fan_out")
 OTHER_PARAMETERS = ("train", "head", "freeze")
-INDEX_CACHES = ("int32", "none")
+INDEX_CACHES = ("auto", "int32", "none")
 RING_DTYPES = ("float32", "float64", "bfloat16", "float16")
 DEFAULT_RING = "default"
+# index_cache="auto": an int32 cache up to this many generated elements (1 GiB of indices).
+AUTO_INDEX_CACHE_ELEMENTS = 1 << 28
 # Ring names become safetensors keys and ParameterDict keys: keep them plain.
 RING_NAME_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 MAX_SEED = 2**64 - 1
@@ -137,7 +139,10 @@ class RPGConfig:
             dtype, so that optimizer updates smaller than a bf16 weight's resolution are
             kept. Each generated weight is cast to its own tensor's dtype after generation.
         index_cache: ``"int32"`` keeps a compact index cache (4 bytes per generated
-            element, never saved); ``"none"`` recomputes indices on the fly (0 bytes).
+            element, built on first use, never saved); ``"none"`` recomputes indices on
+            the fly (0 bytes). ``"auto"`` caches while the cache would take at most
+            ``AUTO_INDEX_CACHE_ELEMENTS`` elements (1 GiB) and computes on the fly beyond,
+            where a dense-sized cache would defeat the point of a big model with few DoF.
         embedding_rows: Generate only the looked-up rows of untied embeddings during
             training instead of the whole table.
         inference_cache: Without grad, generate the weights once and reuse them until
@@ -159,7 +164,7 @@ class RPGConfig:
     other_parameters: OtherParameters | None = None
     modules_to_save: Pattern = None
     ring_dtype: RingDtype = "float32"
-    index_cache: IndexCache = "int32"
+    index_cache: IndexCache = "auto"
     embedding_rows: bool = True
     inference_cache: bool = True
     base_model_name_or_path: str | None = None

@@ -22,6 +22,7 @@ ring; the weight is cast after generation, so the cast is the only rounding).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from .manifest import Layout, TargetLayout
 from .ring_autograd import _GenerateFromRing, _Request, buffer_is_free
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from torch import nn
 
@@ -111,6 +112,7 @@ class WeightEngine:
         self._pool_bytes = 0
         largest = max((t.numel for t in layout.targets), default=0)
         self._pool_cap = max(POOL_MIN_BYTES, 4 * 4 * largest)
+        self._placeholders = False
         self.enabled = True
         self.update_enabled = True  # False inside RPGModel.disable_rpg(): the untouched base runs
 
@@ -326,11 +328,25 @@ class WeightEngine:
         if not self.enabled:
             raise RPGStateError("this RPG model was unloaded; use the model merge_and_unload() returned")
 
+    @contextlib.contextmanager
+    def placeholders(self) -> Iterator[None]:
+        """Inside this block generated attributes read as empty meta tensors of their shape:
+        initialisers that visit every module (on a model built on the meta device) touch
+        nothing dense."""
+        self._placeholders = True
+        try:
+            yield
+        finally:
+            self._placeholders = False
+
     def attribute(self, target_id: int) -> torch.Tensor:
         """What ``module.<attr>`` returns. Replace mode: the generated tensor. Delta mode:
         ``W0 + ΔW`` inside the owner's own forward, where the layer computes with it, and
         the frozen base Parameter everywhere else (as PEFT's layers do): wrappers such as
         FSDP find, shard and swap the real Parameter there, and never a generated copy."""
+        if self._placeholders:
+            spec = self.specs[target_id]
+            return torch.empty(self.layout.targets[target_id].shape, dtype=spec.dtype, device="meta")
         if self.specs[target_id].serving == "merged" and target_id not in self._scope_depth:
             self._check_enabled()
             return self._base(target_id)

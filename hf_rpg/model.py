@@ -6,6 +6,7 @@ import contextlib
 import copy
 import dataclasses
 import inspect
+import itertools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from torch import nn
 
 from .base_model import build_base_model
 from .checkpoint import RING_PREFIX, check_weights_file, load_tensors, read_metadata, save_checkpoint, stored_entries
-from .config import RPGConfig
+from .config import AUTO_INDEX_CACHE_ELEMENTS, RPGConfig
 from .engine import TargetSpec, WeightEngine
 from .errors import RPGConfigError, RPGManifestMismatchError, RPGStateError, RPGTargetError
 from .files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
@@ -32,12 +33,18 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
-def apply_rpg(model: nn.Module, config: RPGConfig) -> RPGModel:
+def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str | None = None) -> RPGModel:
     """Generate the weights ``config`` targets in ``model`` from a small trainable ring.
 
     ``model`` is changed in place (as PEFT does) and returned wrapped in an ``RPGModel``,
     which is called exactly like it. Works on any ``nn.Module``; for a transformers
     ``PreTrainedModel`` the task head(s) stay ordinary parameters by default.
+
+    A model built on the meta device (``with torch.device("meta"): ...``) works in replace
+    mode: its dense weights are never allocated. ``device`` then says where the rings, the
+    parameters that are not generated and the buffers are materialised (and initialised
+    by the model's own rules); ``gain="auto"`` uses the model's ``initializer_range`` (or
+    ``1/sqrt(fan_in)``) there, since there are no values to measure.
 
     Example:
         >>> config = RPGConfig(dof=0.1, seed=0)
@@ -54,6 +61,10 @@ def apply_rpg(model: nn.Module, config: RPGConfig) -> RPGModel:
     # The model keeps its own copy: changing the caller's config afterwards changes nothing.
     config = copy.deepcopy(config)
     config.validate()
+    on_meta = _has_meta_tensors(model)
+    if on_meta:
+        _check_meta_config(config, device)
+    device = torch.device(device) if device is not None else None
     targets = find_targets(model, config)
     for target in targets:
         _check_servable(target, config)
@@ -61,7 +72,33 @@ def apply_rpg(model: nn.Module, config: RPGConfig) -> RPGModel:
     gains = [_gain(target, config, model) for target in targets]
     layout = build_layout(targets, rings, gains, config)
     ring_init = "zeros" if config.mode == "delta" else config.init
-    return RPGModel._wrap(model, config, layout, targets, ring_init)
+    wrapped = RPGModel._wrap(model, config, layout, targets, ring_init, device=device)
+    if on_meta:
+        wrapped._materialize_meta(device)
+    elif device is not None:
+        wrapped.to(device)
+    return wrapped
+
+
+def _has_meta_tensors(model: nn.Module) -> bool:
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+def _check_meta_config(config: RPGConfig, device: Any) -> None:
+    if device is None:
+        raise RPGConfigError(
+            "the model is on the meta device: pass device= (where the rings, the parameters that are not "
+            "generated and the buffers are materialised), e.g. apply_rpg(model, config, device='cpu')"
+        )
+    if torch.device(device).type == "meta":
+        raise RPGConfigError("device='meta' is not a place to materialise anything; pass e.g. device='cpu'")
+    if config.mode != "replace":
+        raise RPGConfigError(
+            "mode='delta' needs the pretrained weights, and a model on the meta device has none; load it first, "
+            "or use mode='replace'"
+        )
+    if config.init == "project":
+        raise RPGConfigError("init='project' fits the model's weights, and a model on the meta device has none")
 
 
 def _check_servable(target: FoundTarget, config: RPGConfig) -> None:
@@ -123,6 +160,12 @@ def _rowwise(target: FoundTarget, config: RPGConfig) -> bool:
         and not module.sparse
         and not module.scale_grad_by_freq
     )
+
+
+def _caches_indices(config: RPGConfig, layout: Layout) -> bool:
+    if config.index_cache == "auto":
+        return layout.generated_elements <= AUTO_INDEX_CACHE_ELEMENTS
+    return config.index_cache == "int32"
 
 
 def _serving(target: FoundTarget, config: RPGConfig) -> str:
@@ -292,7 +335,7 @@ class RPGModel(nn.Module):
         specs = [
             TargetSpec(
                 dtype=t.param.dtype if t.quantization is None else torch.float32,
-                device=t.param.device,
+                device=device if device is not None and t.param.is_meta else t.param.device,
                 serving=serving[i],
                 base_slot=(t.owners[0].module, t.owners[0].attr) if delta else None,
             )
@@ -304,12 +347,11 @@ class RPGModel(nn.Module):
             config.seed,
             specs=specs,
             rowwise=rowwise,
-            cache_indices=config.index_cache == "int32",
+            cache_indices=_caches_indices(config, layout),
             inference_cache=config.inference_cache,
         )
-        self._engine = engine
+        self._engine = engine  # index caches are built on first use
         ring_device = device if device is not None else targets[0].param.device
-        engine.build_index_caches(ring_device)
         self.rpg_rings = nn.ParameterDict(
             {name: nn.Parameter(self._initial_ring(name, ring_init, targets).to(ring_device)) for name in layout.rings}
         )
@@ -365,6 +407,36 @@ class RPGModel(nn.Module):
                     param.requires_grad_(True)
             else:
                 param.requires_grad_(False)
+
+    def _materialize_meta(self, device: torch.device) -> None:
+        """Give every parameter and buffer still on the meta device memory on ``device`` and
+        initialise it by the model's own rules (transformers' ``_init_weights``, else the
+        modules' ``reset_parameters``). Generated attributes read as meta placeholders
+        meanwhile, so nothing dense is generated or allocated."""
+        base = self.base_model
+        touched = []
+        for module in base.modules():
+            fresh = False
+            for name, param in list(module._parameters.items()):
+                if param is not None and param.is_meta:
+                    empty = torch.empty_like(param, device=device)
+                    module._parameters[name] = nn.Parameter(empty, requires_grad=param.requires_grad)
+                    fresh = True
+            for name, buffer in list(module._buffers.items()):
+                if buffer is not None and buffer.is_meta:
+                    module._buffers[name] = torch.empty_like(buffer, device=device)
+                    fresh = True
+            if fresh or is_generated(module):
+                touched.append(module)
+        init = getattr(base, "_init_weights", None)
+        with self._engine.placeholders(), torch.no_grad():
+            for module in touched:
+                if callable(init):
+                    init(module)
+                elif callable(getattr(module, "reset_parameters", None)):
+                    module.reset_parameters()
+        if hasattr(base, "tie_weights"):
+            base.tie_weights()
 
     def _initial_ring(self, ring_name: str, ring_init: str, targets: list[FoundTarget]) -> torch.Tensor:
         ring = self.layout.rings[ring_name]
@@ -659,6 +731,7 @@ def load_checkpoint(
     token: str | bool | None = None,
     local_files_only: bool = False,
     force_download: bool = False,
+    device: torch.device | str | None = None,
 ) -> RPGModel:
     """Load an hf_rpg checkpoint from a local directory or a Hub repo id.
 
@@ -669,6 +742,10 @@ def load_checkpoint(
             an already loaded base in delta mode.
         revision, cache_dir, token, local_files_only, force_download: Hub options, as in
             ``huggingface_hub.hf_hub_download``.
+        device: Where a replace-mode model rebuilt from ``config.json`` is materialised
+            (``"cpu"`` by default). It is built on the meta device and only what the
+            checkpoint stores (rings, parameters that are not generated, buffers) is
+            allocated: the dense generated weights never are.
 
     Returns:
         An ``RPGModel`` in eval mode. Its outputs are bit-identical to the saved model's.
@@ -693,8 +770,12 @@ def load_checkpoint(
         base_model = build_base_model(meta, config, files.get(MODEL_CONFIG_NAME), hub_kwargs)
     targets = targets_from_manifest(base_model, layout)
     trainable = [(p, p.requires_grad) for p in base_model.parameters()]
-    model = RPGModel._wrap(base_model, config, layout, targets, "empty")
+    on_meta = _has_meta_tensors(base_model)
+    target_device = torch.device(device if device is not None else "cpu") if on_meta else None
+    model = RPGModel._wrap(base_model, config, layout, targets, "empty", device=target_device)
     try:
+        if on_meta:
+            model._materialize_meta(target_device)
         load_tensors(model, files[WEIGHTS_NAME], binding=binding_digest(meta))
     except BaseException:
         # A base_model the caller passed is theirs: give it back as it was, not half-wrapped.
@@ -702,5 +783,7 @@ def load_checkpoint(
         for param, flag in trainable:
             param.requires_grad_(flag)
         raise
+    if device is not None and not on_meta:
+        model.to(device)
     model.eval()
     return model
