@@ -26,7 +26,7 @@ from benchmarks.common import (
 )
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
 from hf_rpg.checkpoint import checkpoint_bytes
-from hf_rpg.engine import _GenerateFromRing, _Request
+from hf_rpg.ring_autograd import _GenerateFromRing, _Request
 from hf_rpg.generator import build_signed_index, derive_key
 from hf_rpg.manifest import Layout, RingLayout, TargetLayout
 
@@ -154,7 +154,7 @@ def memory(quick: bool) -> dict:
     per_element = {
         "index_cache_int32": cached._engine.index_cache_bytes() / p,
         "index_cache_none": fly._engine.index_cache_bytes() / p,
-        "training_buffer_between_steps": tensor_bytes(cached._engine._buffers.values()) / p,
+        "training_buffer_between_steps": tensor_bytes(b for bs in cached._engine._pool.values() for b in bs) / p,
         "reference_implementation": 12.0,
     }
     del cached, fly
@@ -185,13 +185,14 @@ class _Root(torch.nn.Module):
 
 def _engine(total: int, size: int, cache: bool, tensors: int = 8):
     """An engine over ``tensors`` equal targets of ``total`` elements in all."""
-    from hf_rpg.engine import WeightEngine
+    from hf_rpg.engine import TargetSpec, WeightEngine
 
     per = total // tensors
     targets = [TargetLayout(f"t{i}.weight", (per,), "default", i * per, 0.9) for i in range(tensors)]
     layout = Layout(rings={"default": RingLayout("default", size, per * tensors)}, targets=targets)
     root = _Root(torch.randn(size))
-    engine = WeightEngine(root, layout, 0, cache_indices=cache)
+    specs = [TargetSpec(torch.float32, torch.device("cpu")) for _ in targets]
+    engine = WeightEngine(root, layout, 0, specs=specs, cache_indices=cache)
     engine.build_index_caches()
     return engine, root, layout
 
@@ -208,7 +209,7 @@ def generation(quick: bool) -> list[dict]:
             grads = [torch.randn(t.shape) for t in layout.targets]
 
             def forward_backward(engine=engine, ring=ring, requests=requests, grads=grads):
-                out = engine._reusable_buffer("default", ring, sum(r.target.numel for r in requests))
+                out = engine._pooled_buffer(sum(r.target.numel for r in requests), ring.dtype, ring.device)
                 weights = _GenerateFromRing.apply(ring, engine, "default", requests, out)
                 torch.autograd.backward(weights, grads)
                 ring.grad = None
@@ -216,7 +217,7 @@ def generation(quick: bool) -> list[dict]:
 
             def forward_only(engine=engine, ring=ring, requests=requests):
                 with torch.no_grad():
-                    out = engine._reusable_buffer("default", ring, sum(r.target.numel for r in requests))
+                    out = engine._pooled_buffer(sum(r.target.numel for r in requests), ring.dtype, ring.device)
                     _GenerateFromRing.apply(ring, engine, "default", requests, out)
 
             times = interleaved_medians(
@@ -501,7 +502,7 @@ def peers_once(repeats: int) -> list[dict]:
         info[name] = {
             "trainable": model.dof_report().trainable,
             "adapter_bytes": _adapter_bytes(model.save_pretrained),
-            "buffer_bytes": engine.index_cache_bytes() + tensor_bytes(engine._buffers.values()),
+            "buffer_bytes": engine.index_cache_bytes() + tensor_bytes(b for bs in engine._pool.values() for b in bs),
         }
     times = interleaved_medians(steps, repeats=repeats)
     base = times["frozen base"]["median"]

@@ -415,16 +415,17 @@ class RPGModel(nn.Module):
         meanwhile, so nothing dense is generated or allocated."""
         base = self.base_model
         touched = []
+        made: dict[int, torch.Tensor] = {}  # a tensor shared by several modules (tied) stays shared
         for module in base.modules():
             fresh = False
-            for name, param in list(module._parameters.items()):
-                if param is not None and param.is_meta:
-                    empty = torch.empty_like(param, device=device)
-                    module._parameters[name] = nn.Parameter(empty, requires_grad=param.requires_grad)
-                    fresh = True
-            for name, buffer in list(module._buffers.items()):
-                if buffer is not None and buffer.is_meta:
-                    module._buffers[name] = torch.empty_like(buffer, device=device)
+            for slots, wrap in ((module._parameters, True), (module._buffers, False)):
+                for name, tensor in list(slots.items()):
+                    if tensor is None or not tensor.is_meta:
+                        continue
+                    if id(tensor) not in made:
+                        empty = torch.empty_like(tensor, device=device)
+                        made[id(tensor)] = nn.Parameter(empty, requires_grad=tensor.requires_grad) if wrap else empty
+                    slots[name] = made[id(tensor)]
                     fresh = True
             if fresh or is_generated(module):
                 touched.append(module)
@@ -435,8 +436,6 @@ class RPGModel(nn.Module):
                     init(module)
                 elif callable(getattr(module, "reset_parameters", None)):
                     module.reset_parameters()
-        if hasattr(base, "tie_weights"):
-            base.tie_weights()
 
     def _initial_ring(self, ring_name: str, ring_init: str, targets: list[FoundTarget]) -> torch.Tensor:
         ring = self.layout.rings[ring_name]

@@ -17,8 +17,9 @@ from typing import Protocol
 
 import torch
 
-from . import index_encoding
-from .manifest import TargetLayout
+from . import index_encoding, index_kernels
+from .generator import GeneratorKey
+from .manifest import Layout, TargetLayout
 
 
 class WeightEngine(Protocol):
@@ -26,6 +27,8 @@ class WeightEngine(Protocol):
     where each target's indices come from."""
 
     cache_indices: bool
+    keys: dict[str, GeneratorKey]
+    layout: Layout
 
     def sign_bit_layout(self, ring_name: str, device: torch.device) -> bool:
         """Whether ``raw_indices`` of this ring come in the sign-bit layout on ``device``."""
@@ -118,12 +121,17 @@ class _GenerateFromRing(torch.autograd.Function):
         requests: list[_Request],
         out: torch.Tensor | None,
     ):
+        ctx.engine, ctx.ring_name, ctx.requests = engine, ring_name, requests
+        ctx.ring_size = ring.shape[0]
+        ctx.set_materialize_grads(False)
+        ctx.kernels = _kernels_apply(engine, ring)
+        if ctx.kernels:
+            ctx.sign_bit = False
+            return _kernel_gather(engine, ring_name, ring.detach(), requests, out)
         sign_bit = engine.sign_bit_layout(ring_name, ring.device)
         # detached: grad mode is per thread, and the worker threads have it on
         table = ring.detach() if sign_bit else torch.cat((ring, ring.neg()))
-        ctx.engine, ctx.ring_name, ctx.requests = engine, ring_name, requests
-        ctx.ring_size, ctx.sign_bit = ring.shape[0], sign_bit
-        ctx.set_materialize_grads(False)
+        ctx.sign_bit = sign_bit
         total = sum(r.target.numel for r in requests)
         if not sign_bit and _fused_applies(engine, ring.device):
             return _fused_gather(engine, ring_name, table, requests, out, total)
@@ -154,6 +162,8 @@ class _GenerateFromRing(torch.autograd.Function):
         if not work:
             return None, None, None, None, None
         device, dtype = work[0][1].device, work[0][1].dtype
+        if ctx.kernels:
+            return _kernel_scatter(ctx.engine, ctx.ring_name, work, n, dtype), None, None, None, None
         if not ctx.sign_bit and _fused_applies(ctx.engine, device):
             grad_signed = _fused_scatter(ctx.engine, ctx.ring_name, work, 2 * n, dtype)
             return grad_signed[:n] - grad_signed[n:], None, None, None, None
@@ -174,6 +184,40 @@ class _GenerateFromRing(torch.autograd.Function):
             grad_table += partial
         grad_ring = grad_table if ctx.sign_bit else grad_table[:n] - grad_table[n:]
         return grad_ring, None, None, None, None
+
+
+def _kernels_apply(engine: WeightEngine, ring: torch.Tensor) -> bool:
+    """Without an index cache, the compiled kernels of ``index_kernels`` compute indices and
+    signs inside the gather and the scatter (about 5x faster than the tensor path)."""
+    return not engine.cache_indices and index_kernels.available(ring.device)
+
+
+def _kernel_gather(
+    engine: WeightEngine, ring_name: str, ring: torch.Tensor, requests: list[_Request], out: torch.Tensor | None
+) -> tuple[torch.Tensor, ...]:
+    key, total = engine.keys[ring_name], engine.layout.rings[ring_name].elements
+    outputs, position = [], 0
+    for request in requests:
+        target = request.target
+        values = None
+        if out is not None:
+            values = out.narrow(0, position, target.numel)
+            position += target.numel
+        values = index_kernels.generate_span(ring, key, total, target.offset, target.numel, target.gain, out=values)
+        if request.base is not None:
+            values.add_(request.base.reshape(-1).to(values.dtype))
+        outputs.append(values.view(target.shape))
+    return tuple(outputs)
+
+
+def _kernel_scatter(
+    engine: WeightEngine, ring_name: str, work: list[tuple[_Request, torch.Tensor]], n: int, dtype: torch.dtype
+) -> torch.Tensor:
+    key, total = engine.keys[ring_name], engine.layout.rings[ring_name].elements
+    grad_ring = torch.zeros(n, dtype=dtype, device=work[0][1].device)
+    for request, grad in work:
+        index_kernels.accumulate_span_grad(grad_ring, key, total, request.target.offset, grad.reshape(-1), request.target.gain)
+    return grad_ring
 
 
 def _fused_applies(engine: WeightEngine, device: torch.device) -> bool:

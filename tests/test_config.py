@@ -33,7 +33,7 @@ from hf_rpg import RPGConfig, RPGConfigError, RPGError
         ({"gain": -1.0}, r"gain must be one of .* or a positive finite float, got -1.0"),
         ({"gain": "xavier"}, r"gain must be one of 'auto', 'kaiming_fan_in', 'kaiming_fan_out'; got 'xavier'"),
         ({"other_parameters": "some"}, r"other_parameters must be one of 'train', 'head', 'freeze'"),
-        ({"index_cache": "int16"}, r"index_cache must be one of 'int32', 'none'"),
+        ({"index_cache": "int16"}, r"index_cache must be one of 'auto', 'int32', 'none'"),
         ({"embedding_rows": 1}, r"embedding_rows must be True or False, got 1 \(int\)"),
     ],
 )
