@@ -12,8 +12,12 @@ scatter), which is bound by the ring's memory. ``cache=True``: the machine code 
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+try:
+    import numba
+except ImportError:  # index_kernels then takes the tensor path and never calls these functions
+    numba = None
 
 from .generator import FEISTEL_ROUNDS, MASK32, MIX_MULTIPLIER_1, MIX_MULTIPLIER_2
 
@@ -25,11 +29,11 @@ BLOCK = 1024
 
 
 def _njit(function):
-    return numba.njit(cache=True, nogil=True, boundscheck=False)(function)
+    return function if numba is None else numba.njit(cache=True, nogil=True, boundscheck=False)(function)
 
 
 def _njit_inline(function):
-    return numba.njit(inline="always")(function)
+    return function if numba is None else numba.njit(inline="always")(function)
 
 
 U = np.uint32

@@ -61,10 +61,10 @@ def _kernels():
     if _kernels_module is None:
         try:
             from . import _numba_kernels
-        except ImportError:  # numba missing (or unusable with this NumPy)
+        except ImportError:  # numba unusable (e.g. with this NumPy)
             _kernels_module = False
         else:
-            _kernels_module = _numba_kernels
+            _kernels_module = _numba_kernels if _numba_kernels.numba is not None else False
     return _kernels_module or None
 
 
@@ -305,15 +305,15 @@ def _generate(ring, total, n, key, start, positions, count, gain, out) -> torch.
 def _accumulate(grad_ring, total, n, key, start, positions, grad, gain) -> None:
     if grad.numel() == 0:
         return
+    flat = grad_ring.view(-1)
+    # a low-precision ring gradient (e.g. bfloat16) is summed in float32 and rounded once
+    target = flat if flat.dtype in (torch.float32, torch.float64) else torch.zeros(n, device=flat.device)
     if _fused(grad_ring, total, n) and grad.dtype in _GRAD_DTYPES:
-        if grad_ring.dtype in (torch.float32, torch.float64):
-            _fused_scatter(grad_ring.view(-1), total, n, key, start, positions, grad, gain)
-        else:  # e.g. a bfloat16 ring's gradient: summed in float32, rounded once
-            partial = torch.zeros(n, dtype=torch.float32)
-            _fused_scatter(partial, total, n, key, start, positions, grad, gain)
-            grad_ring.view(-1).add_(partial)
-        return
-    _tensor_scatter(grad_ring.view(-1), total, n, key, start, positions, grad, gain)
+        _fused_scatter(target, total, n, key, start, positions, grad, gain)
+    else:
+        _tensor_scatter(target, total, n, key, start, positions, grad, gain)
+    if target is not flat:
+        flat.add_(target)
 
 
 # --------------------------------------------------------------------------------------
