@@ -80,7 +80,7 @@ def _load_block(x, m, base, positions):
             x[i] = U(positions[base + i])
 
 
-@_njit_inline
+@_njit
 def _index_block(x, m, p, pend, pv, ring_index, sign):
     """In place: positions ``x[:m]`` to ``ring_index[:m] = q mod N`` and ``sign[:m] = s(q)``.
 
