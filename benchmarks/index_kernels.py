@@ -149,7 +149,7 @@ def _row(row: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def render(rows: list[dict], jit: dict, info: dict, args) -> str:
+def render(rows: list[dict], jit: dict, info: dict, args, load: tuple[float, float]) -> str:
     lines = [
         BEGIN,
         "## Fused index kernels (`benchmarks/index_kernels.py`)",
@@ -157,7 +157,8 @@ def render(rows: list[dict], jit: dict, info: dict, args) -> str:
         f"Written by `python benchmarks/index_kernels.py`. Measured {info['date']} on {info['cpu']} "
         f"({info['logical_cores']} logical cores, shared with other jobs), Python {info['python']}, "
         f"torch {info['versions']['torch']}, numba {_numba_version()}; {args.repeats} alternating repeats "
-        f"after one warm-up; cells are min / median ns per generated element.",
+        f"after one warm-up; cells are min / median ns per generated element. One-minute load average "
+        f"{load[0]:.1f} before, {load[1]:.1f} after (2 cores: other jobs were running).",
         "",
         "| threads | ring N | elements P | path | forward | backward | forward+backward |",
         "|---|---|---|---|---|---|---|",
@@ -194,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--elements", type=int, default=4_000_000)
     parser.add_argument("--rings", type=int, nargs="+", default=[40_000, 400_000, 2_000_000])
+    parser.add_argument(
+        "--walk-elements",
+        type=int,
+        default=2**22 + 1,
+        help="P of an extra one-thread row at N=400k: one past a power of two, the most cycle-walking (0: none)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
@@ -204,12 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     jit = jit_seconds()
     print(f"first calls (import / generate / accumulate, s): cold {jit['cold']}, warm {jit['warm']}")
+    load_before = os.getloadavg()
     rows = []
     for threads in args.threads:
         rows += measure(threads, args.repeats, args.elements, args.rings)
+    if args.walk_elements:
+        rows += measure(args.threads[0], args.repeats, args.walk_elements, [400_000])
+    load = (load_before[0], os.getloadavg()[0])
     print(f"done in {time.perf_counter() - start:.0f} s, load average {os.getloadavg()}")
     if not args.no_write:
-        write_section(args.out, render(rows, jit, info, args))
+        write_section(args.out, render(rows, jit, info, args, load))
         print(f"wrote {args.out}")
     return 0
 

@@ -182,7 +182,7 @@ def _fused(ring: torch.Tensor, total: int, n: int) -> bool:
 
 
 def _bits16(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.view(torch.int16).numpy().view(np.uint16)
+    return tensor.detach().view(torch.int16).numpy().view(np.uint16)
 
 
 def _worker_spans(count: int) -> list[tuple[int, int]]:
@@ -215,7 +215,7 @@ def _fused_gather(ring, total, n, key, start, positions, out, gain) -> None:
             args = (_kernels()._gather_bf16, _bits16(table), _bits16(piece), first, where, p, np.float32(gain))
         else:
             kind = np.float64 if ring.dtype == torch.float64 else np.float32
-            args = (_kernels()._gather_float, table.numpy(), piece.numpy(), first, where, p, kind(gain))
+            args = (_kernels()._gather_float, table.numpy(), piece.detach().numpy(), first, where, p, kind(gain))
         jobs.append(lambda a=args: a[0](*a[1:]))
     _in_threads(jobs)
 
@@ -237,9 +237,9 @@ def _fused_scatter(grad_ring, total, n, key, start, positions, grad, gain) -> No
         where = empty if positions is None else positions[offset : offset + length].numpy()
         first = start + offset if positions is None else 0
         if piece.dtype == torch.bfloat16:
-            args = (_kernels()._scatter_bf16, target.numpy(), _bits16(piece), first, where, p, kind(gain))
+            args = (_kernels()._scatter_bf16, target.detach().numpy(), _bits16(piece), first, where, p, kind(gain))
         else:
-            args = (_kernels()._scatter_float, target.numpy(), piece.numpy(), first, where, p, kind(gain))
+            args = (_kernels()._scatter_float, target.detach().numpy(), piece.numpy(), first, where, p, kind(gain))
         jobs.append(lambda a=args: a[0](*a[1:]))
     _in_threads(jobs)
     for partial in targets[1:]:
