@@ -43,9 +43,9 @@ from .generator import (
 # Set HF_RPG_NO_KERNELS=1 to force the tensor path (a debugging switch).
 _DISABLED = os.environ.get("HF_RPG_NO_KERNELS", "") not in ("", "0")
 
-# Fewest positions per worker thread worth the thread's start-up and, in the backward, its
-# own gradient buffer.
-MIN_PER_WORKER = 1 << 18
+# Fewest positions per worker thread worth the hand-off to a pool thread and, in the
+# backward, the worker's own gradient buffer.
+MIN_PER_WORKER = 1 << 16
 # Positions per chunk of the tensor (fallback) path: bounds its temporary memory.
 FALLBACK_CHUNK = 1 << 18
 
@@ -53,6 +53,7 @@ _FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 _GRAD_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 _kernels_module = None  # hf_rpg._numba_kernels once imported; False when numba is missing
+_pool: ThreadPoolExecutor | None = None  # worker threads beyond the caller's, made on first use
 
 
 def _kernels():
@@ -185,19 +186,27 @@ def _bits16(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().view(torch.int16).numpy().view(np.uint16)
 
 
-def _worker_spans(count: int) -> list[tuple[int, int]]:
-    """(offset, length) pieces of ``count`` positions, one per worker thread."""
-    workers = max(1, min(torch.get_num_threads(), count // MIN_PER_WORKER))
+def _worker_spans(count: int, least: int | None = None) -> list[tuple[int, int]]:
+    """(offset, length) pieces of ``count`` positions, one per worker thread (as many as torch
+    has threads), each of at least ``least`` (default ``MIN_PER_WORKER``) positions."""
+    workers = max(1, min(torch.get_num_threads(), count // max(1, least or MIN_PER_WORKER)))
     bounds = [count * i // workers for i in range(workers + 1)]
     return [(a, b - a) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _in_threads(jobs: list) -> None:
-    if len(jobs) == 1:
+    """Run the jobs, the first in this thread and the others in the module's thread pool
+    (the kernels release the GIL)."""
+    global _pool
+    if len(jobs) > 1 and (_pool is None or _pool._max_workers < len(jobs) - 1):
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+        _pool = ThreadPoolExecutor(max_workers=len(jobs) - 1, thread_name_prefix="hf_rpg_kernel")
+    futures = [_pool.submit(job) for job in jobs[1:]]
+    try:
         jobs[0]()
-        return
-    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="hf_rpg_kernel") as pool:
-        for future in [pool.submit(job) for job in jobs]:
+    finally:
+        for future in futures:
             future.result()
 
 
@@ -229,7 +238,9 @@ def _fused_scatter(grad_ring, total, n, key, start, positions, grad, gain) -> No
     flat = grad.detach().reshape(-1).contiguous()
     if flat.dtype not in (torch.bfloat16, grad_ring.dtype):
         flat = flat.to(grad_ring.dtype)
-    spans = _worker_spans(flat.numel())
+    # a worker after the first sums into a buffer of the ring's size: worth it only when it
+    # has at least as many positions to scatter
+    spans = _worker_spans(flat.numel(), max(MIN_PER_WORKER, grad_ring.numel()))
     targets = [grad_ring] + [torch.zeros_like(grad_ring) for _ in spans[1:]]
     jobs = []
     for (offset, length), target in zip(spans, targets, strict=True):
@@ -336,7 +347,8 @@ def generate_span(
     ``value[j] = gain * s(q) * ring[q mod N]`` with ``q = permute(start + j)`` and
     ``N = ring.numel()``, bit for bit what ``gain * [ring, -ring][build_signed_index(...)]``
     gives. No gradient is recorded (the caller's autograd function calls
-    ``accumulate_span_grad`` in its backward). ``out``, when given, is a contiguous tensor of
+    ``accumulate_span_grad`` in its backward). Spans of more than ``MIN_PER_WORKER`` positions
+    are shared out among ``torch.get_num_threads()`` threads. ``out``, when given, is a contiguous tensor of
     ``numel`` elements of ``ring``'s dtype that receives the values (and is returned, flat).
     """
     n = _check_common(ring, total)
