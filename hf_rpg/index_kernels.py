@@ -331,7 +331,13 @@ def _accumulate(grad_ring, total, n, key, start, positions, grad, gain) -> None:
 # Public interface
 # --------------------------------------------------------------------------------------
 
+# torch.compile must not trace into these functions (dynamo would turn the NumPy scalars and
+# arrays handed to numba into its own, which numba cannot type): it runs them eagerly, with
+# a graph break. Registering them as torch.library custom ops would avoid the break.
+_eager = torch.compiler.disable
 
+
+@_eager
 def generate_span(
     ring: torch.Tensor,
     key: GeneratorKey,
@@ -356,6 +362,7 @@ def generate_span(
     return _generate(ring, total, n, key, start, None, numel, _check_gain(gain), out)
 
 
+@_eager
 def accumulate_span_grad(
     grad_ring: torch.Tensor, key: GeneratorKey, total: int, start: int, grad: torch.Tensor, gain: float
 ) -> None:
@@ -373,6 +380,7 @@ def accumulate_span_grad(
     _accumulate(grad_ring, total, n, key, start, None, grad, _check_gain(gain))
 
 
+@_eager
 def generate_at(
     ring: torch.Tensor, key: GeneratorKey, total: int, positions: torch.Tensor, gain: float
 ) -> torch.Tensor:
@@ -385,6 +393,7 @@ def generate_at(
     return values.view(positions.shape)
 
 
+@_eager
 def accumulate_grad_at(
     grad_ring: torch.Tensor,
     key: GeneratorKey,

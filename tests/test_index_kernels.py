@@ -271,3 +271,15 @@ def test_division_magic_is_exact():
 def test_available():
     assert K.available(torch.device("meta")) is False
     assert K.available("cpu") == COMPILED
+
+
+def test_torch_compile_runs_the_kernels_eagerly():
+    """dynamo must not trace into the kernels' NumPy arguments (numba cannot type its arrays)."""
+    key = derive_key(2, "default")
+    ring, x = ring_of(300), torch.randn(2000)
+
+    def loss(ring, x):
+        return (K.generate_span(ring, key, 5000, 100, 2000, 0.5) * x).sum()
+
+    compiled = torch.compile(loss, backend="eager", fullgraph=False)
+    assert torch.equal(compiled(ring, x), loss(ring, x))
