@@ -26,6 +26,8 @@ several threads each thread sums its own part of the positions into its own buff
 from __future__ import annotations
 
 import itertools
+import numbers
+import operator
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -114,13 +116,18 @@ def _params64(total: int, ring_size: int, key: GeneratorKey) -> tuple:
 
 
 def _check_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` as a Python int (NumPy and torch integers accepted, bools and floats not)."""
+    if isinstance(value, bool):
         raise ValueError(f"{name} must be an int, got {value!r}")
-    return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int, got {value!r}") from None
 
 
-def _check_common(ring: torch.Tensor, total: int, name: str = "ring") -> int:
-    _check_int("total", total)
+def _check_common(ring: torch.Tensor, key: GeneratorKey, total: int, name: str = "ring") -> int:
+    if not isinstance(key, GeneratorKey):
+        raise ValueError(f"key must be a GeneratorKey (generator.derive_key), got {type(key).__name__}")
     if not 1 <= total <= 1 << 62:
         raise ValueError(f"total must be in [1, 2**62], got {total}")
     if not isinstance(ring, torch.Tensor) or not ring.is_floating_point():
@@ -132,8 +139,6 @@ def _check_common(ring: torch.Tensor, total: int, name: str = "ring") -> int:
 
 
 def _check_span(total: int, start: int, numel: int) -> None:
-    _check_int("start", start)
-    _check_int("numel", numel)
     if start < 0 or numel < 0 or start + numel > total:
         raise ValueError(
             f"need start >= 0, numel >= 0 and start + numel <= total={total}, got start={start}, numel={numel}"
@@ -157,7 +162,7 @@ def _check_positions(positions: torch.Tensor, total: int) -> torch.Tensor:
 
 
 def _check_gain(gain: float) -> float:
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)):
+    if isinstance(gain, bool) or not isinstance(gain, numbers.Real):
         raise ValueError(f"gain must be a float, got {gain!r}")
     return float(gain)
 
@@ -353,11 +358,13 @@ def generate_span(
     ``value[j] = gain * s(q) * ring[q mod N]`` with ``q = permute(start + j)`` and
     ``N = ring.numel()``, bit for bit what ``gain * [ring, -ring][build_signed_index(...)]``
     gives. No gradient is recorded (the caller's autograd function calls
-    ``accumulate_span_grad`` in its backward). Spans of more than ``MIN_PER_WORKER`` positions
-    are shared out among ``torch.get_num_threads()`` threads. ``out``, when given, is a contiguous tensor of
-    ``numel`` elements of ``ring``'s dtype that receives the values (and is returned, flat).
+    ``accumulate_span_grad`` in its backward). Spans of at least twice ``MIN_PER_WORKER``
+    positions are shared out among ``torch.get_num_threads()`` threads. ``out``, when given,
+    is a contiguous tensor of ``numel`` elements of ``ring``'s dtype that receives the values
+    (and is returned, flat).
     """
-    n = _check_common(ring, total)
+    total, start, numel = _check_int("total", total), _check_int("start", start), _check_int("numel", numel)
+    n = _check_common(ring, key, total)
     _check_span(total, start, numel)
     return _generate(ring, total, n, key, start, None, numel, _check_gain(gain), out)
 
@@ -372,7 +379,8 @@ def accumulate_span_grad(
     Equal to torch's ``index_add_`` into the signed ring and its fold to rounding: the order
     of summation differs (and, with several threads, depends on the thread count).
     """
-    n = _check_common(grad_ring, total, "grad_ring")
+    total, start = _check_int("total", total), _check_int("start", start)
+    n = _check_common(grad_ring, key, total, "grad_ring")
     if not isinstance(grad, torch.Tensor):
         raise ValueError(f"grad must be a tensor, got {type(grad).__name__}")
     _check_span(total, start, grad.numel())
@@ -386,7 +394,8 @@ def generate_at(
 ) -> torch.Tensor:
     """``generate_span``'s values at arbitrary ``positions`` (an integer tensor of any shape,
     every value in ``[0, total)``, else ``ValueError``); the result has ``positions``' shape."""
-    n = _check_common(ring, total)
+    total = _check_int("total", total)
+    n = _check_common(ring, key, total)
     flat = _check_positions(positions, total)
     gain = _check_gain(gain)
     values = _generate(ring, total, n, key, 0, flat.to(ring.device), flat.numel(), gain, None)
@@ -405,7 +414,8 @@ def accumulate_grad_at(
     """Backward of ``generate_at``, in place: ``grad_ring[q mod N] += gain * s(q) * grad``
     for each position (``grad`` has as many elements as ``positions``). Positions are
     checked before ``grad_ring`` is touched."""
-    n = _check_common(grad_ring, total, "grad_ring")
+    total = _check_int("total", total)
+    n = _check_common(grad_ring, key, total, "grad_ring")
     flat = _check_positions(positions, total)
     _check_grad(grad_ring, grad, flat.numel(), grad_ring.device)
     _accumulate(grad_ring, total, n, key, 0, flat.to(grad_ring.device), grad, _check_gain(gain))

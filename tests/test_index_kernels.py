@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from conftest import torch_threads
@@ -283,3 +284,15 @@ def test_torch_compile_runs_the_kernels_eagerly():
 
     compiled = torch.compile(loss, backend="eager", fullgraph=False)
     assert torch.equal(compiled(ring, x), loss(ring, x))
+
+
+def test_integer_and_key_arguments(path):
+    """NumPy / torch integers are ints; a key that is not a GeneratorKey is named."""
+    key = derive_key(0, "default")
+    ring = ring_of(100)
+    got = K.generate_span(ring, key, np.int64(1000), torch.tensor(5), np.int32(10), np.float32(0.5))
+    assert torch.equal(got, spec_values(ring, key, 1000, 5, 10, float(np.float32(0.5))))
+    with pytest.raises(ValueError, match="key must be a GeneratorKey"):
+        K.generate_span(ring, (1, 2, 3), 1000, 0, 10, 1.0)
+    with pytest.raises(ValueError, match="start must be an int"):
+        K.generate_span(ring, key, 1000, 1.5, 10, 1.0)
