@@ -114,7 +114,7 @@ def _index_block(x, m, p, pend, pv, ring_index, sign):
         q = x[i]
         negative = _mix(_mix(U(q ^ sign_key))) >> _S31  # q < 2**32: the outer mix takes 0 ^ inner
         t = U((U64(q) * U64(magic)) >> _U64_S32)
-        quotient = U(U(t + U(U(q - t) >> sh1)) >> sh2)
+        quotient = U(U(t + U(U(q - t) >> U(sh1 & _S31))) >> U(sh2 & _S31))
         ring_index[i] = U(q - U(quotient * n))
         sign[i] = np.float32(1.0) - np.float32(2.0) * np.float32(negative)
 
