@@ -21,6 +21,10 @@ for float64 rings), which is what torch's ``mul_(gain)`` computes; bfloat16 is c
 float32 and rounded to nearest-even, as torch does. The ring gradients agree with torch's
 ``index_add_`` to rounding only: the order of summation differs (here: position order; with
 several threads each thread sums its own part of the positions into its own buffer).
+
+Under ``torch.compile`` the four functions are called through torch.library custom ops
+(``torch.ops.hf_rpg.*``, with fake kernels for their shapes), so a graph that uses them has
+no graph break.
 """
 
 from __future__ import annotations
@@ -336,13 +340,12 @@ def _accumulate(grad_ring, total, n, key, start, positions, grad, gain) -> None:
 # Public interface
 # --------------------------------------------------------------------------------------
 
-# torch.compile must not trace into these functions (dynamo would turn the NumPy scalars and
-# arrays handed to numba into its own, which numba cannot type): it runs them eagerly, with
-# a graph break. Registering them as torch.library custom ops would avoid the break.
-_eager = torch.compiler.disable
+# Under torch.compile the public functions call themselves through torch.library custom ops
+# (below): dynamo must not trace into them (it would turn the NumPy scalars and arrays handed
+# to numba into its own, which numba cannot type), and an op is one node of the graph, with
+# no graph break.
 
 
-@_eager
 def generate_span(
     ring: torch.Tensor,
     key: GeneratorKey,
@@ -363,13 +366,17 @@ def generate_span(
     is a contiguous tensor of ``numel`` elements of ``ring``'s dtype that receives the values
     (and is returned, flat).
     """
+    if torch.compiler.is_compiling():
+        if out is None:
+            return torch.ops.hf_rpg.generate_span(ring.detach(), _key_words(key), total, start, numel, float(gain))
+        torch.ops.hf_rpg.generate_span_into(ring.detach(), _key_words(key), total, start, numel, float(gain), out)
+        return out.view(-1)
     total, start, numel = _check_int("total", total), _check_int("start", start), _check_int("numel", numel)
     n = _check_common(ring, key, total)
     _check_span(total, start, numel)
     return _generate(ring, total, n, key, start, None, numel, _check_gain(gain), out)
 
 
-@_eager
 def accumulate_span_grad(
     grad_ring: torch.Tensor, key: GeneratorKey, total: int, start: int, grad: torch.Tensor, gain: float
 ) -> None:
@@ -379,6 +386,9 @@ def accumulate_span_grad(
     Equal to torch's ``index_add_`` into the signed ring and its fold to rounding: the order
     of summation differs (and, with several threads, depends on the thread count).
     """
+    if torch.compiler.is_compiling():
+        torch.ops.hf_rpg.accumulate_span_grad(grad_ring, _key_words(key), total, start, grad.detach(), float(gain))
+        return
     total, start = _check_int("total", total), _check_int("start", start)
     n = _check_common(grad_ring, key, total, "grad_ring")
     if not isinstance(grad, torch.Tensor):
@@ -388,12 +398,13 @@ def accumulate_span_grad(
     _accumulate(grad_ring, total, n, key, start, None, grad, _check_gain(gain))
 
 
-@_eager
 def generate_at(
     ring: torch.Tensor, key: GeneratorKey, total: int, positions: torch.Tensor, gain: float
 ) -> torch.Tensor:
     """``generate_span``'s values at arbitrary ``positions`` (an integer tensor of any shape,
     every value in ``[0, total)``, else ``ValueError``); the result has ``positions``' shape."""
+    if torch.compiler.is_compiling():
+        return torch.ops.hf_rpg.generate_at(ring.detach(), _key_words(key), total, positions, float(gain))
     total = _check_int("total", total)
     n = _check_common(ring, key, total)
     flat = _check_positions(positions, total)
@@ -402,7 +413,6 @@ def generate_at(
     return values.view(positions.shape)
 
 
-@_eager
 def accumulate_grad_at(
     grad_ring: torch.Tensor,
     key: GeneratorKey,
@@ -414,8 +424,71 @@ def accumulate_grad_at(
     """Backward of ``generate_at``, in place: ``grad_ring[q mod N] += gain * s(q) * grad``
     for each position (``grad`` has as many elements as ``positions``). Positions are
     checked before ``grad_ring`` is touched."""
+    if torch.compiler.is_compiling():
+        torch.ops.hf_rpg.accumulate_grad_at(grad_ring, _key_words(key), total, positions, grad.detach(), float(gain))
+        return
     total = _check_int("total", total)
     n = _check_common(grad_ring, key, total, "grad_ring")
     flat = _check_positions(positions, total)
     _check_grad(grad_ring, grad, flat.numel(), grad_ring.device)
     _accumulate(grad_ring, total, n, key, 0, flat.to(grad_ring.device), grad, _check_gain(gain))
+
+
+# --------------------------------------------------------------------------------------
+# The same four functions as torch.library custom ops, for torch.compile
+# --------------------------------------------------------------------------------------
+
+
+def _key_words(key: GeneratorKey) -> list[int]:
+    if not isinstance(key, GeneratorKey):
+        raise ValueError(f"key must be a GeneratorKey (generator.derive_key), got {type(key).__name__}")
+    return [*key.round_keys, key.sign_key]
+
+
+def _key_of(words: list[int]) -> GeneratorKey:
+    return GeneratorKey(round_keys=tuple(words[:-1]), sign_key=words[-1], init_keys=(0, 0))  # init keys unused
+
+
+@torch.library.custom_op("hf_rpg::generate_span", mutates_args=())
+def _generate_span_op(
+    ring: torch.Tensor, key: list[int], total: int, start: int, numel: int, gain: float
+) -> torch.Tensor:
+    return generate_span(ring, _key_of(key), total, start, numel, gain)
+
+
+@_generate_span_op.register_fake
+def _(ring, key, total, start, numel, gain):
+    return ring.new_empty(numel)
+
+
+@torch.library.custom_op("hf_rpg::generate_span_into", mutates_args=("out",))
+def _generate_span_into_op(
+    ring: torch.Tensor, key: list[int], total: int, start: int, numel: int, gain: float, out: torch.Tensor
+) -> None:
+    generate_span(ring, _key_of(key), total, start, numel, gain, out=out)
+
+
+@torch.library.custom_op("hf_rpg::accumulate_span_grad", mutates_args=("grad_ring",))
+def _accumulate_span_grad_op(
+    grad_ring: torch.Tensor, key: list[int], total: int, start: int, grad: torch.Tensor, gain: float
+) -> None:
+    accumulate_span_grad(grad_ring, _key_of(key), total, start, grad, gain)
+
+
+@torch.library.custom_op("hf_rpg::generate_at", mutates_args=())
+def _generate_at_op(
+    ring: torch.Tensor, key: list[int], total: int, positions: torch.Tensor, gain: float
+) -> torch.Tensor:
+    return generate_at(ring, _key_of(key), total, positions, gain)
+
+
+@_generate_at_op.register_fake
+def _(ring, key, total, positions, gain):
+    return ring.new_empty(positions.shape)
+
+
+@torch.library.custom_op("hf_rpg::accumulate_grad_at", mutates_args=("grad_ring",))
+def _accumulate_grad_at_op(
+    grad_ring: torch.Tensor, key: list[int], total: int, positions: torch.Tensor, grad: torch.Tensor, gain: float
+) -> None:
+    accumulate_grad_at(grad_ring, _key_of(key), total, positions, grad, gain)

@@ -274,16 +274,56 @@ def test_available():
     assert K.available("cpu") == COMPILED
 
 
-def test_torch_compile_runs_the_kernels_eagerly():
-    """dynamo must not trace into the kernels' NumPy arguments (numba cannot type its arrays)."""
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_torch_compile_calls_the_kernels_as_custom_ops(path, backend):
+    """One graph, no break: dynamo must not trace into the NumPy arguments handed to numba
+    (it would make them its own arrays, which numba cannot type); the ops' fake kernels give
+    the shapes."""
     key = derive_key(2, "default")
     ring, x = ring_of(300), torch.randn(2000)
+    positions = torch.tensor([[3, 4999], [17, 17]])
 
-    def loss(ring, x):
-        return (K.generate_span(ring, key, 5000, 100, 2000, 0.5) * x).sum()
+    def step(ring, x):
+        weights = K.generate_span(ring, key, 5000, 100, 2000, 0.5)
+        rows = K.generate_at(ring, key, 5000, positions, 0.5)
+        grad_ring = torch.zeros_like(ring)
+        K.accumulate_span_grad(grad_ring, key, 5000, 100, x, 0.5)
+        K.accumulate_grad_at(grad_ring, key, 5000, positions, torch.ones(2, 2), 0.5)
+        return (weights * x).sum(), rows, grad_ring
 
-    compiled = torch.compile(loss, backend="eager", fullgraph=False)
-    assert torch.equal(compiled(ring, x), loss(ring, x))
+    compiled = torch.compile(step, backend=backend, fullgraph=True)
+    for got, expected in zip(compiled(ring, x), step(ring, x), strict=True):
+        assert torch.equal(got, expected)
+
+
+class _Generate(torch.autograd.Function):
+    """The shape of the per-layer engine's function: generate in forward, regenerate in backward."""
+
+    @staticmethod
+    def forward(ctx, ring, key, total, start, shape):
+        ctx.key, ctx.total, ctx.start, ctx.ring_size = key, total, start, ring.numel()
+        return K.generate_span(ring, key, total, start, shape[0] * shape[1], 0.5).view(shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_ring = torch.zeros(ctx.ring_size, dtype=grad.dtype)
+        K.accumulate_span_grad(grad_ring, ctx.key, ctx.total, ctx.start, grad, 0.5)
+        return grad_ring, None, None, None, None
+
+
+def test_an_autograd_function_on_the_kernels_compiles_in_one_graph(path):
+    key = derive_key(5, "default")
+    x = torch.randn(4, 50, generator=torch.Generator().manual_seed(7))
+
+    def loss(ring):
+        return (x @ _Generate.apply(ring, key, 7000, 1000, (50, 100))).square().sum()
+
+    grads = []
+    for fn in (loss, torch.compile(loss, backend="aot_eager", fullgraph=True)):
+        ring = ring_of(300).requires_grad_()
+        fn(ring).backward()
+        grads.append(ring.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
 
 
 def test_integer_and_key_arguments(path):
