@@ -274,8 +274,7 @@ def test_available():
     assert K.available("cpu") == COMPILED
 
 
-@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_torch_compile_calls_the_kernels_as_custom_ops(path, backend):
+def test_torch_compile_calls_the_kernels_as_custom_ops(path):
     """One graph, no break: dynamo must not trace into the NumPy arguments handed to numba
     (it would make them its own arrays, which numba cannot type); the ops' fake kernels give
     the shapes."""
@@ -291,7 +290,7 @@ def test_torch_compile_calls_the_kernels_as_custom_ops(path, backend):
         K.accumulate_grad_at(grad_ring, key, 5000, positions, torch.ones(2, 2), 0.5)
         return (weights * x).sum(), rows, grad_ring
 
-    compiled = torch.compile(step, backend=backend, fullgraph=True)
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)  # fake kernels and mutations too
     for got, expected in zip(compiled(ring, x), step(ring, x), strict=True):
         assert torch.equal(got, expected)
 
