@@ -141,7 +141,11 @@ def _render(results: dict) -> str:
             "| case | trainable | peak RSS MiB | / LoRA | step s | / LoRA | / frozen base |",
             "|---|---|---|---|---|---|---|",
         ]
-        for case, label in (("frozen", "frozen base (grad to inputs)"), ("lora", "PEFT LoRA r=8"), ("rpg", "hf_rpg delta")):
+        for case, label in (
+            ("frozen", "frozen base (grad to inputs)"),
+            ("lora", "PEFT LoRA r=8"),
+            ("rpg", "hf_rpg delta"),
+        ):
             r = g[case]
             lines.append(
                 f"| {label} | {r['trainable']:,} | {r['peak_rss_kib'] / 1024:,.0f} | "

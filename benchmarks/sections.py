@@ -26,9 +26,9 @@ from benchmarks.common import (
 )
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
 from hf_rpg.checkpoint import checkpoint_bytes
-from hf_rpg.ring_autograd import _GenerateFromRing, _Request
 from hf_rpg.generator import build_signed_index, derive_key
 from hf_rpg.manifest import Layout, RingLayout, TargetLayout
+from hf_rpg.ring_autograd import _GenerateFromRing, _Request
 
 LORA_R8_MINILM = 73_728  # LoRA r=8 on query and value of MiniLM: 6 layers x 2 x 8 x (384 + 384)
 

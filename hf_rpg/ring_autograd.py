@@ -216,7 +216,9 @@ def _kernel_scatter(
     key, total = engine.keys[ring_name], engine.layout.rings[ring_name].elements
     grad_ring = torch.zeros(n, dtype=dtype, device=work[0][1].device)
     for request, grad in work:
-        index_kernels.accumulate_span_grad(grad_ring, key, total, request.target.offset, grad.reshape(-1), request.target.gain)
+        index_kernels.accumulate_span_grad(
+            grad_ring, key, total, request.target.offset, grad.reshape(-1), request.target.gain
+        )
     return grad_ring
 
 

@@ -26,7 +26,8 @@ def test_cuda_generates_the_cpu_weights_bit_for_bit(name, sign_bit_on_cpu, monke
     if sign_bit_on_cpu:
         monkeypatch.setattr(index_encoding, "SIGN_BIT_MIN_SIGNED_BYTES", 0)
     torch.manual_seed(0)
-    model = apply_rpg(MODELS[name].build(), RPGConfig(dof=0.2, seed=4))
+    model = apply_rpg(MODELS[name].build(), RPGConfig(dof=0.2, seed=4, index_cache="int32"))
+    model._engine.build_index_caches()  # built on first use otherwise
     assert all(model._engine._sign_bit.values()) == sign_bit_on_cpu
     with torch.no_grad():
         on_cpu = {n: w.clone() for n, w in model.generated_weights()}

@@ -23,9 +23,11 @@ def _pair(name: str, monkeypatch, **config):
     torch.manual_seed(0)
     tiny = MODELS[name]
     base = tiny.build()
-    signed = apply_rpg(copy.deepcopy(base), RPGConfig(seed=3, **config))
+    signed = apply_rpg(copy.deepcopy(base), RPGConfig(seed=3, index_cache="int32", **config))
+    signed._engine.build_index_caches()  # caches are built on first use: build them under each threshold
     monkeypatch.setattr(index_encoding, "SIGN_BIT_MIN_SIGNED_BYTES", 0)
-    sign_bit = apply_rpg(base, RPGConfig(seed=3, **config))
+    sign_bit = apply_rpg(base, RPGConfig(seed=3, index_cache="int32", **config))
+    sign_bit._engine.build_index_caches()
     assert not any(signed._engine._sign_bit.values())
     assert all(sign_bit._engine._sign_bit.values())
     return tiny, signed, sign_bit

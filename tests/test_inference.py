@@ -130,7 +130,8 @@ def test_on_the_fly_indices_equal_the_cache():
     torch.testing.assert_close(out_fly, out_cached, rtol=0, atol=0)
     out_cached.sum().backward()
     out_fly.sum().backward()
-    torch.testing.assert_close(fly.rpg_rings["default"].grad, cached.rpg_rings["default"].grad, rtol=0, atol=0)
+    # the fused kernels sum each entry's uses in position order: equal to rounding
+    torch.testing.assert_close(fly.rpg_rings["default"].grad, cached.rpg_rings["default"].grad, rtol=1e-5, atol=1e-7)
 
 
 def test_training_buffers_are_reused_only_when_no_graph_holds_them(monkeypatch):
