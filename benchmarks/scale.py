@@ -65,7 +65,11 @@ else:
         model = transformers.LlamaForCausalLM(config)
     info["parameters"] = sum(p.numel() for p in model.parameters())
     from hf_rpg import RPGConfig, apply_rpg
-    model = apply_rpg(model, RPGConfig(dof=4_000_000, seed=0), device="cpu")
+    # one ring per group (the paper's local RPG) keeps each ring's positions below 2**32, the
+    # domain of the fused uint32 kernels; a single ring of 4.4B positions would take the int64 path
+    rings = {{"attention": r".*self_attn.*", "mlp": r".*mlp.*"}}
+    model = apply_rpg(model, RPGConfig(dof=4_000_000, seed=0, rings=rings), device="cpu")
+    info["rings"] = {{n: [r.size, r.elements] for n, r in model.layout.rings.items()}}
     info["index_cache_bytes"] = model._engine.index_cache_bytes()
     info["generated"] = model.layout.generated_elements
     ids = torch.randint(0, config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
@@ -162,7 +166,8 @@ def _render(results: dict) -> str:
             "## Replace mode, a Llama of several billion parameters built on the meta device",
             "",
             f"LlamaForCausalLM config (hidden 4096, 25 layers, GQA 32/8 heads, vocab 32000, tied embeddings): "
-            f"{params:,} parameters, {r['generated']:,} generated from a ring of 4,000,000; batch 1 x 16, AdamW, "
+            f"{params:,} parameters, {r['generated']:,} generated from rings of 4,000,000 entries in all "
+            f"(attention, MLP and embeddings each on its own ring: {r['rings']}); batch 1 x 16, AdamW, "
             f"3 steps. Dense fp32 training would hold weights, gradients and AdamW's two moments: "
             f"16 bytes per parameter = {dense_gb:,.0f} GB.",
             "",

@@ -144,3 +144,19 @@ def test_deepcopy_works_and_pickling_is_a_clear_error():
 def test_disable_rpg_needs_delta_mode():
     with pytest.raises(RPGStateError, match="disable_rpg\\(\\) needs mode='delta'"), _model().disable_rpg():
         pass
+
+
+def test_modules_to_save_chooses_what_trains_and_what_a_delta_checkpoint_stores(tmp_path):
+    base = build("llama")
+    model = apply_rpg(base, RPGConfig(mode="delta", dof=200, target_modules=["q_proj"], modules_to_save=["norm"]))
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trainable == ["base_model.model.norm.weight", "rpg_rings.default"]
+    model.base_model.model.norm.weight.requires_grad_(False)  # what is stored follows the config, not this
+    model.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / WEIGHTS, "pt") as f:
+        assert sorted(f.keys()) == ["model.norm.weight", "rpg_rings.default"]
+    assert json.loads((tmp_path / CONFIG).read_text())["config"]["modules_to_save"] == ["norm"]
+    with pytest.raises(RPGError, match=r"modules_to_save=\['nothing_here'\] matches no module"):
+        apply_rpg(build("llama"), RPGConfig(mode="delta", dof=200, modules_to_save=["nothing_here"]))
