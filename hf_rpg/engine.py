@@ -112,7 +112,7 @@ class WeightEngine:
         self._pool_bytes = 0
         largest = max((t.numel for t in layout.targets), default=0)
         self._pool_cap = max(POOL_MIN_BYTES, 4 * 4 * largest)
-        self._placeholders = False
+        self._placeholders: torch.device | None = None
         self.enabled = True
         self.update_enabled = True  # False inside RPGModel.disable_rpg(): the untouched base runs
 
@@ -329,24 +329,24 @@ class WeightEngine:
             raise RPGStateError("this RPG model was unloaded; use the model merge_and_unload() returned")
 
     @contextlib.contextmanager
-    def placeholders(self) -> Iterator[None]:
-        """Inside this block generated attributes read as empty meta tensors of their shape:
-        initialisers that visit every module (on a model built on the meta device) touch
-        nothing dense."""
-        self._placeholders = True
+    def placeholders(self, device: torch.device | str = "meta") -> Iterator[None]:
+        """Inside this block generated attributes read as empty tensors of their shape on
+        ``device`` (meta by default): initialisers that visit every module (on a model built
+        on the meta device) touch nothing dense."""
+        self._placeholders = torch.device(device)
         try:
             yield
         finally:
-            self._placeholders = False
+            self._placeholders = None
 
     def attribute(self, target_id: int) -> torch.Tensor:
         """What ``module.<attr>`` returns. Replace mode: the generated tensor. Delta mode:
         ``W0 + ΔW`` inside the owner's own forward, where the layer computes with it, and
         the frozen base Parameter everywhere else (as PEFT's layers do): wrappers such as
         FSDP find, shard and swap the real Parameter there, and never a generated copy."""
-        if self._placeholders:
+        if self._placeholders is not None:
             spec = self.specs[target_id]
-            return torch.empty(self.layout.targets[target_id].shape, dtype=spec.dtype, device="meta")
+            return torch.empty(self.layout.targets[target_id].shape, dtype=spec.dtype, device=self._placeholders)
         if self.specs[target_id].serving == "merged" and target_id not in self._scope_depth:
             self._check_enabled()
             return self._base(target_id)
@@ -522,6 +522,10 @@ class WeightEngine:
         return rows
 
 
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
 def _checked_ids(ids: torch.Tensor, vocab: int, elements: int, offset: int, dim: int) -> torch.Tensor:
     """Embedding ids checked against the table size on every path.
 
@@ -532,7 +536,7 @@ def _checked_ids(ids: torch.Tensor, vocab: int, elements: int, offset: int, dim:
     """
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise TypeError(f"embedding ids must be integers, got {ids.dtype}")
-    if not ids.is_cuda and not torch.compiler.is_compiling():
+    if not ids.is_cuda and not _compiling():
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
             raise IndexError(f"index out of range in self: ids must be in [0, {vocab})")
         return ids

@@ -80,6 +80,13 @@ def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str
     return wrapped
 
 
+def _initialise(module: nn.Module, init: Any) -> None:
+    if callable(init):
+        init(module)
+    elif callable(getattr(module, "reset_parameters", None)):
+        module.reset_parameters()
+
+
 def _has_meta_tensors(model: nn.Module) -> bool:
     return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
 
@@ -430,12 +437,16 @@ class RPGModel(nn.Module):
             if fresh or is_generated(module):
                 touched.append(module)
         init = getattr(base, "_init_weights", None)
-        with self._engine.placeholders(), torch.no_grad():
+        with torch.no_grad():
             for module in touched:
-                if callable(init):
-                    init(module)
-                elif callable(getattr(module, "reset_parameters", None)):
-                    module.reset_parameters()
+                try:
+                    with self._engine.placeholders():
+                        _initialise(module, init)
+                except (RuntimeError, NotImplementedError):
+                    # a computation mixing meta and real tensors (a weight_norm parametrization):
+                    # this module's placeholders are real (and freed right after)
+                    with self._engine.placeholders(device):
+                        _initialise(module, init)
 
     def _initial_ring(self, ring_name: str, ring_init: str, targets: list[FoundTarget]) -> torch.Tensor:
         ring = self.layout.rings[ring_name]

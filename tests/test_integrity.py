@@ -72,7 +72,7 @@ def test_embedding_ids_are_checked_on_every_path(index_cache, monkeypatch):
         model(input_ids=bad)
     # where checking would sync a GPU or break a compiled graph, an out-of-range id is sent past
     # the ring's end, so the lookup itself fails instead of reading the next tensor's weights
-    monkeypatch.setattr(hf_rpg.engine.torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(hf_rpg.engine, "_compiling", lambda: True)
     with pytest.raises((IndexError, RuntimeError, ValueError)):
         model(input_ids=bad)
     good = model(input_ids=torch.tensor([[1, vocab - 1]]))
