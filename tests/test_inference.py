@@ -187,3 +187,30 @@ def test_parallel_gather_and_scatter_on_several_threads(monkeypatch):
     for name, weight in serial_weights.items():
         assert torch.equal(parallel_weights[name], weight), name  # gathers are exact
     torch.testing.assert_close(model.rpg_rings["default"].grad, serial_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["replace", "delta"])
+def test_per_layer_gradients_equal_generating_every_weight_up_front(mode):
+    """The per-layer engine (weights generated in each layer, regenerated in backward) gives
+    the ring gradient of the plain computation: all weights generated first, then the model
+    run as a dense model on them (torch.func.functional_call)."""
+    torch.manual_seed(0)
+    model = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.2, mode=mode, embedding_rows=False))
+    ring = model.rpg_rings["default"]
+    with torch.no_grad():
+        ring.normal_(generator=torch.Generator().manual_seed(1)).mul_(0.05)
+    batch = {"input_ids": _batch()["input_ids"], "labels": _batch()["input_ids"]}
+    model.train()
+    model(**batch).loss.backward()
+    per_layer = ring.grad.clone()
+    ring.grad = None
+
+    weights = model._engine.generate(list(range(len(model.layout.targets))))  # with autograd to the ring
+    names = {}
+    for tid, entry in enumerate(model.layout.targets):
+        for name in (entry.name, *entry.tied):
+            names[name] = weights[tid]
+    merged = model.merge_and_unload()  # a plain model of the same architecture
+    loss = torch.func.functional_call(merged, names, args=(), kwargs=batch).loss
+    loss.backward()
+    torch.testing.assert_close(per_layer, ring.grad, rtol=1e-5, atol=1e-7)
