@@ -21,6 +21,7 @@ from huggingface_hub.errors import (
 from . import __version__
 from .checkpoint import CARD_NAME, CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME
 from .errors import RPGCheckpointError
+from .report import size_ratio
 
 if TYPE_CHECKING:
     from .model import RPGModel
@@ -123,14 +124,21 @@ def _size_table(meta: dict[str, Any]) -> str:
     if not all(isinstance(report.get(k), (int, float)) for k in _REPORT_KEYS):
         return ""
     size = ((meta.get("files") or {}).get(WEIGHTS_NAME) or {}).get("bytes")
+    generated = report.get("generated_elements")
+    of_generated = (
+        f"{report['ring_dof'] / generated:.2%} of the {generated:,} generated elements, "
+        if isinstance(generated, int) and generated > 0
+        else ""
+    )
+    stored = size_ratio(max(1, report["stored_parameters"]), max(1, report["model_parameters"]))
     return f"""
 | | |
 |---|---|
-| ring DoF | {report["ring_dof"]:,} ({report["ring_fraction"]:.2%} of the model) |
+| ring DoF | {report["ring_dof"]:,} ({of_generated}{report["ring_fraction"]:.2%} of the model) |
 | trainable parameters | {report["trainable"]:,} ({report["trainable_fraction"]:.2%}) |
 | dense model parameters | {report["model_parameters"]:,} |
 | stored parameters | {report["stored_parameters"]:,} |
-| compression | {report["compression_ratio"]:.1f}x |
+| compression | stored parameters {stored} the dense model |
 """ + (f"| weights file | {size:,} bytes |\n" if isinstance(size, int) else "")
 
 
