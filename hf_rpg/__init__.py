@@ -22,6 +22,7 @@ from .errors import (
 )
 from .generator import GENERATOR_VERSION
 from .model import RPGModel, apply_rpg
+from .pruning import prune_ring
 from .report import DoFReport
 
 
@@ -49,4 +50,5 @@ __all__ = [
     "RPGTrainer",
     "__version__",
     "apply_rpg",
+    "prune_ring",
 ]

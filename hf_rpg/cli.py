@@ -11,6 +11,7 @@ from pathlib import Path
 from . import __version__
 from .errors import RPGError
 from .report import size_ratio
+from .ring_storage import describe
 
 DOF_HELP = "ring size (an int such as 18116), fraction (0.25) or percentage (25%%) of the generated elements"
 
@@ -89,6 +90,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"targets: {len(manifest['targets'])} tensors, {generated:,} generated elements",
         f"weights file: {weights_bytes:,} bytes",
     ]
+    storage = meta.get("ring_storage") or {}
+    lines += [f"ring storage: {r['name']}: {describe(storage.get(r['name']))}" for r in manifest["rings"]]
     if full_report:
         dense_bytes = 4 * dof["model_parameters"]
         lines += [

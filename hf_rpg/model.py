@@ -377,15 +377,17 @@ class RPGModel(nn.Module):
 
     # ------------------------------------------------------------------ saving / loading
 
-    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+    def save_pretrained(self, save_directory: str | Path, *, ring_storage: str | None = None, **kwargs: Any) -> None:
         """Write a compact checkpoint (ring(s), non-generated parameters, manifest, card).
 
-        See ``hf_rpg.checkpoint.save_checkpoint`` for the keyword arguments.
+        ``ring_storage``: ``None`` (the ring as is), ``"float32"``, ``"float16"``, ``"int8"``
+        (per-block scales) or ``"sparse"`` (for pruned rings). See
+        ``hf_rpg.checkpoint.save_checkpoint`` for the other keyword arguments.
         """
         from .checkpoint import save_checkpoint
 
         self._check_usable()
-        save_checkpoint(self, save_directory, **kwargs)
+        save_checkpoint(self, save_directory, ring_storage=ring_storage, **kwargs)
 
     @classmethod
     def from_pretrained(
