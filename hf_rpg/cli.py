@@ -1,4 +1,4 @@
-"""The ``hf-rpg`` command: demo, info, merge, push."""
+"""The ``hf-rpg`` command: demo, sweep, info, merge, push."""
 
 from __future__ import annotations
 
@@ -64,6 +64,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import config_from_args, print_summary, run_sweep
+
+    _quiet_progress_bars()
+    result = run_sweep(config_from_args(args), args.output_dir)
+    print_summary(result)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_metadata
     from .hub import resolve_checkpoint_files
@@ -126,9 +135,16 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad argument is one line on stderr (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``hf-rpg`` and its four subcommands."""
-    parser = argparse.ArgumentParser(prog="hf-rpg", description="Recurrent Parameter Generators for HF models.")
+    """The argument parser of ``hf-rpg`` and its five subcommands."""
+    parser = _OneLineParser(prog="hf-rpg", description="Recurrent Parameter Generators for HF models.")
     parser.add_argument("--version", action="version", version=f"hf_rpg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -140,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--output-dir", type=Path, default=None, help="keep both checkpoints here")
     demo.set_defaults(func=_cmd_demo)
+
+    sweep = sub.add_parser("sweep", help="accuracy against DoF: RPG, dense, equal-DoF narrow dense, ablations; plots")
+    from .sweep import add_sweep_arguments  # datasets and matplotlib load only when a sweep runs
+
+    add_sweep_arguments(sweep, parse_dof)
+    sweep.set_defaults(func=_cmd_sweep)
 
     info = sub.add_parser("info", help="DoF, sizes, generator version, targets and mode of a checkpoint")
     info.add_argument("checkpoint", help="checkpoint directory or Hub repo id")
