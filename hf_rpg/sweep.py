@@ -681,8 +681,9 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     return SweepConfig(**{k: v for k, v in vars(args).items() if k in names}).validate()
 
 
-def print_summary(result: SweepResult, out=sys.stdout) -> None:
-    """The per-point table ``hf-rpg sweep`` prints at the end."""
+def print_summary(result: SweepResult, out: Any = None) -> None:
+    """The per-point table ``hf-rpg sweep`` prints at the end (to ``out``, default stdout)."""
+    out = out or sys.stdout
     print(f"{'kind':<7} {'variant':<15} {'dof':>9} {'ring DoF':>9} {'trainable':>10} {'seeds':>5} "
           f"{'accuracy':>9} {'std':>7}", file=out)  # fmt: skip
     for g in sorted(result.summary["groups"], key=lambda g: (g["kind"] != "dense", g["variant"], g["trainable"])):
