@@ -1,6 +1,6 @@
 """DoF sweeps: the paper's studies as a tool (``hf-rpg sweep`` and ``run_sweep``).
 
-A sweep trains one image classifier per point — RPG at each DoF and seed, the dense
+A sweep trains one classifier per point — RPG at each DoF and seed, the dense
 reference, narrow dense networks with as many parameters as an RPG point trains
 (``equal_dof``), and the ablations — and writes into its output directory:
 
@@ -24,10 +24,14 @@ cache of a model through ``WeightEngine.set_index_override``):
   patch embedding, layer 0, layer 1) sharing the same total DoF, against the global ring.
 
 Models: ``"resnet"`` and ``"vit"`` are the example networks of ``hf_rpg.demo`` (those of
-``examples/train_image_classification.py``); ``"module:function"`` is your own factory,
-called as ``function(num_labels=..., image_size=...)`` (plus ``widths=`` for narrow dense
-networks) and returning a model that takes ``pixel_values`` and ``labels`` and returns
-``.loss`` and ``.logits``, as transformers image classifiers do.
+``examples/train_image_classification.py``), trained from scratch in replace mode on
+``digits`` or ``fashion_mnist``; ``"minilm"`` is the pretrained all-MiniLM-L6-v2 fine-tuned on
+``rt_polarity`` in delta mode (as ``examples/finetune_text_classification.py``; the dense
+reference is a full fine-tune at ``dense_lr``). ``"module:function"`` is your own factory,
+called as ``function(num_labels=..., image_size=...)`` (``image_size`` is None for text; plus
+``widths=`` for narrow dense networks), returning a model that takes the dataset's inputs
+(``pixel_values``; or ``input_ids``, ``attention_mask``, ``token_type_ids``) and ``labels``
+and returns ``.loss`` and ``.logits``, as transformers classifiers do.
 """
 
 from __future__ import annotations
@@ -55,8 +59,12 @@ from .errors import RPGConfigError
 from .generator import build_signed_index
 from .model import RPGModel, apply_rpg
 
-DATASETS = {"digits": 16, "fashion_mnist": 28}  # name -> image size (digits upsampled, as the example)
-BUILT_IN_MODELS = ("resnet", "vit")
+DATASETS = {"digits": 16, "fashion_mnist": 28, "rt_polarity": None}  # name -> image size (None: text)
+BUILT_IN_MODELS = ("resnet", "vit", "minilm")
+IMAGE_MODELS = ("resnet", "vit")
+TEXT_MAX_LENGTH = 64  # tokens per sentence, as the text example (the longest has 78)
+# (replace-mode lr, delta-mode lr, dense lr) when not given: the examples' recipes
+DEFAULT_LR = {"image": (1e-2, 1e-2, 1e-2), "text": (5e-5, 5e-4, 5e-5)}
 INDEX_ABLATIONS = ("no_permutation", "no_sign", "plain_tiling")
 ABLATIONS = (*INDEX_ABLATIONS, "local_rings")
 LOCAL_RINGS = {
@@ -64,7 +72,9 @@ LOCAL_RINGS = {
     "vit": {"layer0": r"vit\.layers\.0\..*", "layer1": r"vit\.layers\.1\..*"},  # default: the patch embedding
 }
 # Settings that change every result: a resumed sweep must have the same ones.
-RESULT_SETTINGS = ("model", "dataset", "epochs", "lr", "batch_size", "max_train_samples", "max_eval_samples")
+RESULT_SETTINGS = (
+    "model", "dataset", "mode", "epochs", "lr", "dense_lr", "batch_size", "max_train_samples", "max_eval_samples",
+)  # fmt: skip
 RUNS_NAME = "runs.jsonl"
 CSV_COLUMNS = (
     "key",
@@ -92,7 +102,10 @@ class SweepConfig:
         dataset: ``"digits"`` or ``"fashion_mnist"`` (``data_dir``: its IDX folder).
         dofs: RPG DoF values (``RPGConfig.dof``: an int ring size or a fraction in (0, 1]).
         seeds: One run per seed and point (model init, ring seed and data order).
-        epochs, lr, batch_size: The recipe (AdamW, one-cycle schedule, no weight decay).
+        mode: RPG mode; None: ``"delta"`` for ``minilm``, ``"replace"`` otherwise.
+        epochs, lr, batch_size: The recipe (AdamW, one-cycle schedule, no weight decay);
+            ``lr`` None: 1e-2 for images, 5e-4 (delta) or 5e-5 (replace) for text.
+        dense_lr: lr of the dense and narrow runs; None: ``lr`` for images, 5e-5 for text.
         max_train_samples, max_eval_samples: Use the first N of each split.
         dense: Train the dense reference (per seed).
         equal_dof: Train, per RPG point of the plain variant, a narrow dense network (widths
@@ -105,8 +118,10 @@ class SweepConfig:
     dataset: str = "digits"
     dofs: Sequence[int | float] = (0.01, 0.1, 0.5)
     seeds: Sequence[int] = (0,)
+    mode: str | None = None
     epochs: int = 2
-    lr: float = 1e-2
+    lr: float | None = None
+    dense_lr: float | None = None
     batch_size: int = 64
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -122,6 +137,18 @@ class SweepConfig:
             raise RPGConfigError(f"model must be 'resnet', 'vit' or 'module:function', got {self.model!r}")
         if self.dataset not in DATASETS:
             raise RPGConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        text = DATASETS[self.dataset] is None
+        if (self.model == "minilm" and not text) or (self.model in IMAGE_MODELS and text):
+            raise RPGConfigError(
+                f"model {self.model!r} does not fit dataset {self.dataset!r}: minilm is for rt_polarity, "
+                "resnet and vit for digits and fashion_mnist"
+            )
+        if self.mode not in (None, "replace", "delta"):
+            raise RPGConfigError(f"mode must be 'replace', 'delta' or None, got {self.mode!r}")
+        if self.mode == "delta" and self.model in IMAGE_MODELS:
+            raise RPGConfigError(f"mode 'delta' needs a pretrained model; {self.model!r} is trained from scratch")
+        if self.equal_dof and self.model not in IMAGE_MODELS:
+            raise RPGConfigError("equal_dof knows the widths of the resnet and vit only")
         if not self.dofs and not self.dense:
             raise RPGConfigError("nothing to run: give dofs or dense=True")
         for dof in self.dofs:
@@ -139,8 +166,10 @@ class SweepConfig:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 raise RPGConfigError(f"{name} must be a positive int or None, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise RPGConfigError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("lr", "dense_lr"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise RPGConfigError(f"{name} must be a positive number or None, got {value!r}")
         bad = [a for a in self.ablations if a not in ABLATIONS]
         if bad:
             raise RPGConfigError(f"ablations must be among {', '.join(ABLATIONS)}, got {bad}")
@@ -150,9 +179,22 @@ class SweepConfig:
             raise RPGConfigError("ablations need dofs")
         return self
 
+    def rpg_mode(self) -> str:
+        """The RPG mode the runs use."""
+        return self.mode or ("delta" if self.model == "minilm" else "replace")
+
+    def learning_rate(self, kind: str) -> float:
+        """The peak learning rate of a run of ``kind`` (``"rpg"``, ``"dense"``, ``"narrow"``)."""
+        defaults = DEFAULT_LR["text" if DATASETS[self.dataset] is None else "image"]
+        if kind == "rpg":
+            return self.lr or defaults[0 if self.rpg_mode() == "replace" else 1]
+        return self.dense_lr or (self.lr if DATASETS[self.dataset] is not None and self.lr else defaults[2])
+
     def settings(self) -> dict[str, Any]:
-        """The fields as JSON values."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """The fields as JSON values, with the mode and learning rates the runs use."""
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        data.update(mode=self.rpg_mode(), lr=self.learning_rate("rpg"), dense_lr=self.learning_rate("dense"))
+        return data
 
 
 def _is_int(value: Any) -> bool:
@@ -195,8 +237,10 @@ def sweep_points(config: SweepConfig) -> list[Point]:
 
 def model_factory(spec: str) -> Callable[..., nn.Module]:
     """The factory of ``spec``: a built-in name or ``"module:function"``."""
-    if spec in BUILT_IN_MODELS:
+    if spec in IMAGE_MODELS:
         return lambda num_labels, image_size, widths=None: build_digits_model(spec, image_size, num_labels, widths)
+    if spec == "minilm":
+        return _minilm
     module_name, _, function = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), function)
@@ -207,7 +251,21 @@ def model_factory(spec: str) -> Callable[..., nn.Module]:
     return factory
 
 
-def _build(factory: Callable[..., nn.Module], num_labels: int, image_size: int, widths: Sequence[int] | None):
+def _minilm(num_labels: int, image_size: None = None) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    from .data import minilm_path
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # not the load report of the new classification head, once per run
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=num_labels)
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _build(factory: Callable[..., nn.Module], num_labels: int, image_size: int | None, widths: Sequence[int] | None):
     kwargs = {"widths": tuple(widths)} if widths is not None else {}
     return factory(num_labels=num_labels, image_size=image_size, **kwargs)
 
@@ -266,7 +324,7 @@ def _signed_override(model: RPGModel, variant: str) -> None:
 
 
 def build_point_model(
-    point: Point, config: SweepConfig, factory: Callable[..., nn.Module], num_labels: int, image_size: int
+    point: Point, config: SweepConfig, factory: Callable[..., nn.Module], num_labels: int, image_size: int | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The freshly initialised model of ``point`` (seeded) and what describes it."""
     torch.manual_seed(point.seed)
@@ -283,7 +341,7 @@ def build_point_model(
     else:
         rings = LOCAL_RINGS[config.model] if point.variant == "local_rings" else None
         base = _build(factory, num_labels, image_size, None)
-        model = apply_rpg(base, RPGConfig(dof=point.dof, seed=point.seed, rings=rings))
+        model = apply_rpg(base, RPGConfig(dof=point.dof, seed=point.seed, rings=rings, mode=config.rpg_mode()))
         if point.variant in INDEX_ABLATIONS:
             _signed_override(model, point.variant)
         report = model.dof_report()
@@ -293,43 +351,52 @@ def build_point_model(
     return model, info
 
 
-def _rpg_trainable(point: Point, config: SweepConfig, factory, num_labels: int, image_size: int) -> int:
+def _rpg_trainable(point: Point, config: SweepConfig, factory, num_labels: int, image_size: int | None) -> int:
     torch.manual_seed(point.seed)
     base = _build(factory, num_labels, image_size, None)
-    return parameter_count(apply_rpg(base, RPGConfig(dof=point.dof, seed=point.seed)))
+    return parameter_count(apply_rpg(base, RPGConfig(dof=point.dof, seed=point.seed, mode=config.rpg_mode())))
 
 
 # ---------------------------------------------------------------------------- training
 
 
 @dataclass
-class ImageData:
-    """Train and test tensors (images N x 1 x H x W in [-1, 1], int64 labels)."""
+class SweepData:
+    """Train and test inputs (the model's keyword arguments: ``pixel_values`` N x 1 x H x W
+    in [-1, 1], or token tensors N x L) and int64 labels."""
 
-    train_x: torch.Tensor
+    train: dict[str, torch.Tensor]
     train_y: torch.Tensor
-    test_x: torch.Tensor
+    test: dict[str, torch.Tensor]
     test_y: torch.Tensor
     num_labels: int
-
-    @property
-    def image_size(self) -> int:
-        """Height (= width) of the images."""
-        return self.train_x.shape[-1]
+    image_size: int | None
 
 
-def load_sweep_data(config: SweepConfig) -> ImageData:
+def load_sweep_data(config: SweepConfig) -> SweepData:
     """The dataset of ``config``, cut to ``max_train_samples`` / ``max_eval_samples``."""
-    from .data import image_tensors, load_image_dataset  # datasets: imported only when a sweep runs
+    from .data import image_tensors, load_image_dataset, load_rt_polarity, minilm_path  # only when a sweep runs
 
-    data = load_image_dataset(config.dataset, config.data_dir)
-    tensors = []
+    size = DATASETS[config.dataset]
+    data = load_rt_polarity() if size is None else load_image_dataset(config.dataset, config.data_dir)
+    tokenizer = None
+    if size is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    parts = []
     for split, limit in (("train", config.max_train_samples), ("test", config.max_eval_samples)):
         part = data[split]
         if limit is not None:
             part = part.select(range(min(limit, len(part))))
-        tensors += image_tensors(part, DATASETS[config.dataset])
-    return ImageData(*tensors, num_labels=len(data["train"].features["label"].names))
+        if tokenizer is None:
+            images, labels = image_tensors(part, size)
+            parts += [{"pixel_values": images}, labels]
+        else:
+            tokens = tokenizer(list(part["text"]), padding="max_length", truncation=True, max_length=TEXT_MAX_LENGTH,
+                               return_tensors="pt")  # fmt: skip
+            parts += [dict(tokens), torch.tensor(list(part["label"]), dtype=torch.int64)]
+    return SweepData(*parts, num_labels=len(data["train"].features["label"].names), image_size=size)
 
 
 def _progress(total: int, desc: str, position: int, leave: bool):
@@ -339,23 +406,25 @@ def _progress(total: int, desc: str, position: int, leave: bool):
     return tqdm(total=total, desc=desc, position=position, leave=leave, disable=None, dynamic_ncols=True)
 
 
-def train_point(model: nn.Module, data: ImageData, config: SweepConfig, seed: int, desc: str) -> dict[str, Any]:
-    """Train with AdamW and a one-cycle schedule; test accuracy, loss curve and seconds."""
+def train_point(
+    model: nn.Module, data: SweepData, config: SweepConfig, seed: int, desc: str, lr: float
+) -> dict[str, Any]:
+    """Train with AdamW and a one-cycle schedule peaking at ``lr``; test accuracy, loss curve, seconds."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    steps_per_epoch = -(-len(data.train_x) // config.batch_size)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    steps_per_epoch = -(-len(data.train_y) // config.batch_size)
     total = config.epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=total)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=total)
     shuffle = torch.Generator().manual_seed(seed + 1)
     curve, window, step = [], [], 0
     bar = _progress(total, desc, position=1, leave=False)
     start = time.perf_counter()
     model.train()
     for _ in range(config.epochs):
-        order = torch.randperm(len(data.train_x), generator=shuffle)
+        order = torch.randperm(len(data.train_y), generator=shuffle)
         for first in range(0, len(order), config.batch_size):
             batch = order[first : first + config.batch_size]
-            loss = model(pixel_values=data.train_x[batch], labels=data.train_y[batch]).loss
+            loss = model(**{k: v[batch] for k, v in data.train.items()}, labels=data.train_y[batch]).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -369,20 +438,20 @@ def train_point(model: nn.Module, data: ImageData, config: SweepConfig, seed: in
     seconds = time.perf_counter() - start
     bar.close()
     if not math.isfinite(curve[-1][1]):
-        raise RPGConfigError(f"{desc}: the training loss became {curve[-1][1]}; lower lr (now {config.lr})")
+        raise RPGConfigError(f"{desc}: the training loss became {curve[-1][1]}; lower lr (now {lr})")
     return {"accuracy": evaluate(model, data), "loss_curve": curve, "final_loss": curve[-1][1], "steps": step,
             "train_seconds": seconds}  # fmt: skip
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageData, batch_size: int = 1000) -> float:
+def evaluate(model: nn.Module, data: SweepData, batch_size: int = 250) -> float:
     """Test accuracy, in eval mode."""
     model.eval()
     correct = 0
-    for first in range(0, len(data.test_x), batch_size):
-        logits = model(pixel_values=data.test_x[first : first + batch_size]).logits
+    for first in range(0, len(data.test_y), batch_size):
+        logits = model(**{k: v[first : first + batch_size] for k, v in data.test.items()}).logits
         correct += int((logits.argmax(-1) == data.test_y[first : first + batch_size]).sum())
-    return correct / len(data.test_x)
+    return correct / len(data.test_y)
 
 
 # ---------------------------------------------------------------------------- results
@@ -579,7 +648,7 @@ def _check_resumable(directory: Path, config: SweepConfig) -> None:
     path = directory / "sweep.json"
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        differ = [k for k in RESULT_SETTINGS if saved.get(k) != config.settings()[k]]
+        differ = [k for k in RESULT_SETTINGS if k in saved and saved[k] != config.settings()[k]]
         if differ:
             pairs = ", ".join(f"{k}={saved.get(k)!r} there, {config.settings()[k]!r} now" for k in differ)
             raise RPGConfigError(
@@ -619,7 +688,7 @@ def run_sweep(config: SweepConfig, output_dir: str | Path, *, log: Callable[[str
         if point.key in done:
             continue
         model, info = build_point_model(point, config, factory, data.num_labels, data.image_size)
-        outcome = train_point(model, data, config, point.seed, desc=point.key)
+        outcome = train_point(model, data, config, point.seed, point.key, config.learning_rate(point.kind))
         record = {"key": point.key, "kind": point.kind, "variant": point.variant if point.kind == "rpg" else point.kind,
                   "dof": point.dof, "seed": point.seed, **info, **outcome}  # fmt: skip
         _append_run(directory, record)
@@ -640,9 +709,12 @@ def run_sweep(config: SweepConfig, output_dir: str | Path, *, log: Callable[[str
     return result
 
 
-def _check_dofs(config: SweepConfig, factory: Callable[..., nn.Module], data: ImageData) -> None:
+def _check_dofs(config: SweepConfig, factory: Callable[..., nn.Module], data: SweepData) -> None:
     """An int DoF larger than the model's generated elements fails before anything runs."""
-    model = apply_rpg(_build(factory, data.num_labels, data.image_size, None), RPGConfig(dof=0.5))
+    if not any(isinstance(d, int) for d in config.dofs):
+        return
+    base = _build(factory, data.num_labels, data.image_size, None)
+    model = apply_rpg(base, RPGConfig(dof=0.5, mode=config.rpg_mode()))
     elements = model.dof_report().generated_elements
     too_big = [d for d in config.dofs if isinstance(d, int) and d > elements]
     if too_big:
@@ -654,14 +726,16 @@ def _check_dofs(config: SweepConfig, factory: Callable[..., nn.Module], data: Im
 
 def add_sweep_arguments(parser: argparse.ArgumentParser, parse_dof: Callable[[str], int | float]) -> None:
     """The options of ``hf-rpg sweep``."""
-    parser.add_argument("--model", default="resnet", help="resnet, vit, or module:function (your factory)")
+    parser.add_argument("--model", default="resnet", help="resnet, vit, minilm (text), or module:function (yours)")
+    parser.add_argument("--mode", choices=("replace", "delta"), default=None, help="default: delta for minilm")
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="digits")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: see hf_rpg.data)")
     parser.add_argument("--dof", dest="dofs", type=parse_dof, nargs="+", default=[0.01, 0.1, 0.5],
                         help="RPG DoF values: ring sizes (18116), fractions (0.25) or percentages (25%%)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-2, help="peak of the one-cycle schedule (AdamW)")
+    parser.add_argument("--lr", type=float, default=None, help="peak lr of the RPG runs (one-cycle AdamW)")
+    parser.add_argument("--dense-lr", type=float, default=None, help="peak lr of the dense and narrow runs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--max-eval-samples", type=int, default=None)

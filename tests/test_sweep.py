@@ -189,3 +189,19 @@ def test_set_index_override_checks_its_input():
     lazy = apply_rpg(make_resnet(), RPGConfig(dof=0.1, index_cache="none"))
     with pytest.raises(RuntimeError, match="needs index_cache='int32'"):
         lazy._engine.set_index_override("default", torch.zeros(ring.elements, dtype=torch.int32))
+
+
+def test_text_sweep_minilm_delta_on_rt_polarity(tmp_path, minilm):
+    argv = ["sweep", "--model", "minilm", "--dataset", "rt_polarity", "--dof", "0.001", "--epochs", "1", "--no-dense"]
+    argv += ["--max-train-samples", "48", "--max-eval-samples", "32", "--batch-size", "16", "--log-every", "1"]
+    assert main([*argv, "--output-dir", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["settings"]["mode"] == "delta" and document["settings"]["lr"] == 5e-4
+    assert document["settings"]["dense_lr"] == 5e-5
+    [rpg] = document["runs"]
+    assert rpg["kind"] == "rpg" and rpg["steps"] == 3 and rpg["trainable"] < rpg["model_parameters"] / 20
+    assert 0.0 <= rpg["accuracy"] <= 1.0 and (tmp_path / "sweep.png").is_file()
+    with pytest.raises(RPGConfigError, match="model 'minilm' does not fit dataset 'digits'"):
+        SweepConfig(model="minilm", dataset="digits").validate()
+    with pytest.raises(RPGConfigError, match="equal_dof knows the widths of the resnet and vit only"):
+        SweepConfig(model="minilm", dataset="rt_polarity", equal_dof=True).validate()
