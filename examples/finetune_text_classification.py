@@ -46,9 +46,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.checkpoint import checkpoint_bytes
-from hf_rpg.cli import parse_dof
+from hf_rpg.cli import DOF_HELP, parse_dof
 from hf_rpg.examples_support.data import find_rt_polarity, load_rt_polarity, minilm_path
 from hf_rpg.examples_support.threads import use_threads
+from hf_rpg.report import size_ratio
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 DEFAULT_DOF = {"delta": 0.01, "replace": 0.5}
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", choices=("delta", "replace"), default="delta")
     p.add_argument("--init", choices=("random", "project"), default=None, help="replace mode (default: project)")
-    p.add_argument("--dof", type=parse_dof, default=None, help="ring size or fraction (delta: 0.01, replace: 0.5)")
+    p.add_argument("--dof", type=parse_dof, default=None, help=DOF_HELP + "; default delta 0.01, replace 0.5")
     p.add_argument("--target-modules", default=None, help="regex over module names (default: all but the head)")
     p.add_argument("--compare-dense", action="store_true", help="also fine-tune every weight with the same recipe")
     p.add_argument("--epochs", type=int, default=1)
@@ -140,7 +141,8 @@ def train(
         num_training_steps=total * accelerator.num_processes,
     )
     schedule = accelerator.prepare(schedule)
-    progress = tqdm(total=total, desc=desc, disable=not accelerator.is_local_main_process)
+    # disable=None: tqdm draws only on a terminal, so a redirected log gets no bar
+    progress = tqdm(total=total, desc=desc, disable=None if accelerator.is_local_main_process else True)
     start, step = time.perf_counter(), 0
     model.train()
     while step < total:
@@ -235,8 +237,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{seconds:.1f} s; checkpoint {size:,} bytes in {out / name}"
         )
     if args.compare_dense:
-        ratio = results["dense"]["checkpoint_bytes"] / results["rpg"]["checkpoint_bytes"]
-        accelerator.print(f"the RPG checkpoint is {ratio:.1f}x smaller than the dense one")
+        comparison = size_ratio(results["rpg"]["checkpoint_bytes"], results["dense"]["checkpoint_bytes"])
+        accelerator.print(f"the RPG checkpoint is {comparison} the dense one")
     if accelerator.is_main_process:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     accelerator.end_training()

@@ -4,15 +4,19 @@ The model is built from a small transformers config, its weights are generated b
 Recurrent Parameter Generator (hf_rpg) from a ring of ``--dof`` entries, and it is trained
 on Fashion-MNIST or scikit-learn's digits. It prints the DoF, the test accuracy (a local
 ``evaluate`` module, no Hub needed) and the size of the compact checkpoint; with
-``--compare-dense`` the same model is also trained densely with the same recipe.
+``--compare-dense`` the same model is also trained densely with the same recipe, with
+``--dense-only`` only densely; ``--widths`` makes the network narrower or wider (a dense
+network with as many parameters as an RPG one has trainable: the paper's equal-DoF test).
 
     python examples/train_image_classification.py --dataset digits --epochs 15
-    python examples/train_image_classification.py --dataset fashion_mnist --model vit --dof 0.1 --compare-dense
+    python examples/train_image_classification.py --dataset fashion_mnist --model vit --dof 10% --compare-dense
+    python examples/train_image_classification.py --dataset fashion_mnist --dense-only --widths 3,8,16
     accelerate launch examples/train_image_classification.py --dataset digits --max-steps 20
     torchrun --nproc_per_node 2 examples/train_image_classification.py --dataset digits --max-steps 20
 
 Outputs in ``--output-dir``: ``rpg/`` (the compact checkpoint, load it with
-``RPGModel.from_pretrained``), ``dense/`` with ``--compare-dense``, and ``results.json``.
+``RPGModel.from_pretrained``), ``dense/`` with ``--compare-dense`` or ``--dense-only``, and
+``results.json``. Progress bars are drawn only on a terminal (none in a redirected log).
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ from tqdm.auto import tqdm
 
 from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.checkpoint import checkpoint_bytes
-from hf_rpg.cli import parse_dof
+from hf_rpg.cli import DOF_HELP, parse_dof
 from hf_rpg.examples_support.data import find_fashion_mnist, image_tensors, load_image_dataset
 from hf_rpg.examples_support.demo import build_digits_model
 from hf_rpg.examples_support.threads import use_threads
+from hf_rpg.report import size_ratio
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 # digits are 8x8: upsampled to 16x16 so that the ResNet stem and ViT patches have room.
@@ -56,10 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", default=None, help="Fashion-MNIST IDX folder (default: see hf_rpg.examples_support.data)"
     )
     p.add_argument("--model", choices=("resnet", "vit"), default="resnet")
-    p.add_argument("--dof", type=parse_dof, default=0.25, help="ring size (int) or fraction of the weights (float)")
+    p.add_argument("--dof", type=parse_dof, default=0.25, help=DOF_HELP)
+    p.add_argument(
+        "--widths",
+        type=parse_widths,
+        default=None,
+        help="comma-separated widths: resnet stem,stage1,stage2 (default 16,32,64), vit hidden,mlp (default 64,128)",
+    )
     # From scratch there is no pretrained base for delta mode (see finetune_text_classification.py).
     p.add_argument("--mode", choices=("replace",), default="replace", help="RPG mode (replace: the paper's)")
-    p.add_argument("--compare-dense", action="store_true", help="also train the dense model with the same recipe")
+    runs = p.add_mutually_exclusive_group()
+    runs.add_argument("--compare-dense", action="store_true", help="also train the dense model with the same recipe")
+    runs.add_argument("--dense-only", action="store_true", help="train only the dense model (no RPG)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
     p.add_argument("--batch-size", type=int, default=64, help="per process")
@@ -76,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: chosen)")
     return p
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """``--widths 3,8,16``: positive ints separated by commas."""
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) <= 0:
+        raise argparse.ArgumentTypeError(f"--widths must be positive ints separated by commas, got {text!r}")
+    return widths
 
 
 def collate(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -113,7 +137,8 @@ def train(
     # The prepared scheduler steps once per process per optimizer step.
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total * accelerator.num_processes)
     schedule = accelerator.prepare(schedule)
-    progress = tqdm(total=total, desc=desc, disable=not accelerator.is_local_main_process)
+    # disable=None: tqdm draws only on a terminal, so a redirected log gets no bar
+    progress = tqdm(total=total, desc=desc, disable=None if accelerator.is_local_main_process else True)
     start, step = time.perf_counter(), 0
     model.train()
     while step < total:
@@ -175,16 +200,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     train_loader, test_loader = accelerator.prepare(train_loader, test_loader)
 
-    dense = build_digits_model(args.model, IMAGE_SIZE[args.dataset], len(labels))
+    try:
+        dense = build_digits_model(args.model, IMAGE_SIZE[args.dataset], len(labels), widths=args.widths)
+    except ValueError as err:
+        raise SystemExit(f"error: --widths: {err}") from None
     dense.config.id2label = dict(enumerate(labels))
     dense.config.label2id = {name: i for i, name in enumerate(labels)}
-    rpg = apply_rpg(copy.deepcopy(dense), RPGConfig(dof=args.dof, seed=args.seed, mode=args.mode))
-    report = rpg.dof_report()
-    accelerator.print(f"{args.model}, RPG mode={args.mode} dof={args.dof}: {report}")
-
     out = args.output_dir
-    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "dof": report.to_dict()}
-    runs = [("rpg", rpg)] + ([("dense", dense)] if args.compare_dense else [])
+    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
+    runs: list[tuple[str, nn.Module]] = []
+    if not args.dense_only:
+        rpg = apply_rpg(copy.deepcopy(dense), RPGConfig(dof=args.dof, seed=args.seed, mode=args.mode))
+        report = rpg.dof_report()
+        accelerator.print(f"{args.model}, RPG mode={args.mode} dof={args.dof}: {report}")
+        results["dof"] = report.to_dict()
+        runs.append(("rpg", rpg))
+    if args.compare_dense or args.dense_only:
+        params = sum(p.numel() for p in dense.parameters())
+        accelerator.print(f"{args.model}, dense, widths {args.widths or 'default'}: {params:,} parameters")
+        results["dense_parameters"] = params
+        runs.append(("dense", dense))
     for name, model in runs:
         model, seconds = train(accelerator, model, train_loader, args, desc=f"train {name}")
         accuracy = evaluate_model(accelerator, model, test_loader, args.metric)
@@ -201,8 +236,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{seconds:.1f} s; checkpoint {size:,} bytes in {out / name}"
         )
     if args.compare_dense:
-        ratio = results["dense"]["checkpoint_bytes"] / results["rpg"]["checkpoint_bytes"]
-        accelerator.print(f"the RPG checkpoint is {ratio:.1f}x smaller than the dense one")
+        comparison = size_ratio(results["rpg"]["checkpoint_bytes"], results["dense"]["checkpoint_bytes"])
+        accelerator.print(f"the RPG checkpoint is {comparison} the dense one")
     if accelerator.is_main_process:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     accelerator.end_training()

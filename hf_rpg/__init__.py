@@ -20,6 +20,7 @@ from .errors import (
 )
 from .generator import GENERATOR_VERSION
 from .model import RPGModel, apply_rpg
+from .pruning import prune_ring
 from .report import DoFReport
 from .version import __version__
 
@@ -48,4 +49,5 @@ __all__ = [
     "RPGTrainer",
     "__version__",
     "apply_rpg",
+    "prune_ring",
 ]

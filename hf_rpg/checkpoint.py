@@ -46,9 +46,11 @@ from .manifest import Layout
 from .metadata import BINDING_KEY, FORMAT_VERSION, binding_digest, check_metadata
 from .parametrize import original_class
 from .report import DoFReport
+from .ring_storage import check_storage, decode_ring, encode_ring
 from .version import __version__
 
 RING_PREFIX = "rpg_rings."
+STORAGE_PREFIX = "rpg_ring_storage."  # extra tensors of an encoded ring: f"{STORAGE_PREFIX}{ring}.{suffix}"
 
 
 class CheckpointModel(Protocol):
@@ -107,6 +109,32 @@ def _tensors_to_save(model: CheckpointModel, state_dict: dict[str, torch.Tensor]
     return tensors
 
 
+def _encode_rings(tensors: dict[str, torch.Tensor], storage: str | None) -> dict[str, Any] | None:
+    """Encode every ring of ``tensors`` in place as ``storage``; their descriptions (None: as is)."""
+    if storage is None:
+        return None
+    descriptions = {}
+    for key in [k for k in tensors if k.startswith(RING_PREFIX)]:
+        name = key.removeprefix(RING_PREFIX)
+        tensors[key], extras, descriptions[name] = encode_ring(tensors[key], storage)
+        tensors.update({f"{STORAGE_PREFIX}{name}.{suffix}": t for suffix, t in extras.items()})
+    return descriptions
+
+
+def _decode_rings(
+    values: dict[str, torch.Tensor], storage: dict[str, Any] | None, sizes: dict[str, int], path: Path
+) -> None:
+    """Replace the encoded rings of ``values`` by float32 rings, in place (see ``ring_storage``)."""
+    for name, description in (storage or {}).items():
+        key = RING_PREFIX + name
+        if name not in sizes:
+            raise RPGManifestMismatchError(f"{path}: ring_storage names ring {name!r}, which the model does not have")
+        extras = {k.removeprefix(f"{STORAGE_PREFIX}{name}."): values.pop(k) for k in list(values)
+                  if k.startswith(f"{STORAGE_PREFIX}{name}.")}  # fmt: skip
+        if key in values:
+            values[key] = decode_ring(values[key], extras, description, sizes[name], f"{path}: {key!r}")
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -136,8 +164,11 @@ def _base_model_info(model: CheckpointModel) -> dict[str, Any]:
     }
 
 
-def checkpoint_metadata(model: CheckpointModel, weights_sha256: str, weights_bytes: int) -> dict[str, Any]:
-    """The content of ``rpg_config.json``."""
+def checkpoint_metadata(
+    model: CheckpointModel, weights_sha256: str, weights_bytes: int, ring_storage: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The content of ``rpg_config.json`` (``ring_storage``: how each ring is encoded, if not as is)."""
+    storage = {} if ring_storage is None else {"ring_storage": ring_storage}
     return {
         "format_version": FORMAT_VERSION,
         "hf_rpg_version": __version__,
@@ -147,6 +178,7 @@ def checkpoint_metadata(model: CheckpointModel, weights_sha256: str, weights_byt
         "config": model.rpg_config.to_dict(),
         "dof": model.dof_report().to_dict(),
         "files": {WEIGHTS_NAME: {"sha256": weights_sha256, "bytes": weights_bytes}},
+        **storage,
         "manifest": model.layout.to_dict(),
     }
 
@@ -194,6 +226,7 @@ def save_checkpoint(
     model_card: bool = True,
     card_info: dict[str, Any] | None = None,
     max_shard_size: int | str | None = None,
+    ring_storage: str | None = None,
 ) -> Path:
     """Write the compact checkpoint of ``model`` into ``save_directory``, atomically.
 
@@ -214,6 +247,11 @@ def save_checkpoint(
         max_shard_size: Accepted for transformers compatibility and ignored: the weights
             file holds only rings and a few parameters, one file. Any other keyword is an
             error.
+        ring_storage: How the ring(s) are written: ``None`` (default) as they are (their own
+            dtype, float32 normally), ``"float32"``, ``"float16"``, ``"int8"`` (symmetric
+            absmax, one float32 scale per block of 256 entries) or ``"sparse"`` (non-zero
+            entries only, for pruned rings); see ``hf_rpg.ring_storage``. Loading decodes to
+            the ring's dtype; ``rpg_config.json`` records the choice under ``ring_storage``.
 
     Raises:
         RPGCheckpointError: The directory cannot be written (the message says what state
@@ -230,9 +268,9 @@ def save_checkpoint(
     # filesystem) when the target is a symlink.
     real = target.resolve()
     tensors = _tensors_to_save(model, state_dict)
-    binding = binding_digest(
-        {"generator": GENERATOR_VERSION, "config": model.rpg_config.to_dict(), "manifest": model.layout.to_dict()}
-    )
+    storage = _encode_rings(tensors, None if ring_storage is None else check_storage(ring_storage))
+    bound = {"generator": GENERATOR_VERSION, "config": model.rpg_config.to_dict(), "manifest": model.layout.to_dict()}
+    binding = binding_digest(bound if storage is None else {**bound, "ring_storage": storage})
     write_card = model_card and _card_is_ours(real / CARD_NAME)
 
     def write(staging: Path) -> list[str]:
@@ -244,7 +282,7 @@ def save_checkpoint(
             BINDING_KEY: binding,
         }
         save_file(tensors, weights, metadata=metadata)
-        meta = checkpoint_metadata(model, _sha256(weights), weights.stat().st_size)
+        meta = checkpoint_metadata(model, _sha256(weights), weights.stat().st_size, storage)
         names = [WEIGHTS_NAME]
         if _write_model_config(model, staging / MODEL_CONFIG_NAME):
             names.append(MODEL_CONFIG_NAME)
@@ -354,14 +392,18 @@ def _check_ring(path: Path, name: str, value: torch.Tensor, size: int) -> None:
         )
 
 
-def load_tensors(model: CheckpointModel, path: Path, *, binding: str | None = None) -> None:
+def load_tensors(
+    model: CheckpointModel, path: Path, *, binding: str | None = None, ring_storage: dict[str, Any] | None = None
+) -> None:
     """Copy the rings, stored parameters and buffers of ``path`` into ``model``.
 
     Everything is checked before anything is copied, so a failure changes nothing.
     ``binding``: the ``binding_digest`` of the ``rpg_config.json`` being loaded; a weights
     file that records another one was saved with another ``rpg_config.json``.
+    ``ring_storage``: the ``ring_storage`` field of ``rpg_config.json`` (None: rings stored as is).
     """
     values = _read_weights(path, binding)
+    _decode_rings(values, ring_storage, {n: r.size for n, r in model.layout.rings.items()}, path)
     copies: list[tuple[torch.Tensor, torch.Tensor]] = []
     ring_keys = {RING_PREFIX + name for name in model.rpg_rings}
     for name, ring in model.rpg_rings.items():

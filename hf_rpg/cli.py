@@ -1,4 +1,4 @@
-"""The ``hf-rpg`` command: demo, info, merge, push."""
+"""The ``hf-rpg`` command: demo, sweep, info, merge, push."""
 
 from __future__ import annotations
 
@@ -9,16 +9,39 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import RPGError
+from .report import size_ratio
+from .ring_storage import describe
 from .version import __version__
+
+DOF_HELP = "ring size (an int such as 18116), fraction (0.25) or percentage (25%%) of the generated elements"
 
 
 def parse_dof(text: str) -> float | int:
-    """``--dof`` of the command line and the examples: an int is a ring size, a number
-    with a point or an exponent a fraction."""
+    """``--dof`` of the command line and the examples, in forms that cannot be misread.
+
+    ``25%`` and ``0.25`` are fractions of the generated (targeted) elements; ``18116`` (an
+    integer, ``_`` allowed) is a ring of that many entries; ``1.0`` and ``100%`` are full DoF.
+    ``1`` alone is refused: it would be a ring of one entry, which is almost never meant.
+    """
+    value = text.strip().replace("_", "")
     try:
-        return float(text) if any(c in text for c in ".eE") else int(text)
+        if value.endswith("%"):
+            percent = float(value[:-1])
+            if not 0.0 < percent <= 100.0:
+                raise argparse.ArgumentTypeError(f"--dof as a percentage must be in (0%, 100%], got {text!r}")
+            return percent / 100.0
+        if any(c in value for c in ".eE"):
+            return float(value)
+        number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--dof must be an int or a float in (0, 1], got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--dof must be a ring size (an int such as 18116), a fraction (0.25) or a percentage (25%), got {text!r}"
+        ) from None
+    if number == 1:
+        raise argparse.ArgumentTypeError(
+            "--dof 1 would be a ring of one entry; write 1.0 or 100% for full DoF (or a ring size >= 2)"
+        )
+    return number
 
 
 def _quiet_progress_bars() -> None:
@@ -43,6 +66,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import config_from_args, print_summary, run_sweep
+
+    _quiet_progress_bars()
+    result = run_sweep(config_from_args(args), args.output_dir)
+    print_summary(result)
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_metadata
     from .files import resolve_checkpoint_files
@@ -57,20 +89,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
     ring_dof = sum(r["size"] for r in manifest["rings"])
     generated = sum(r["elements"] for r in manifest["rings"])
     weights_bytes = files[WEIGHTS_NAME].stat().st_size
+    full_report = {"trainable", "model_parameters", "ring_fraction"} <= set(dof)
+    of_model = f", {dof['ring_fraction']:.2%} of the model" if full_report else ""
     lines = [
         f"checkpoint: {args.checkpoint}",
         f"mode: {meta['config']['mode']}    generator: {meta['generator']}    hf_rpg: {meta.get('hf_rpg_version')}",
         f"architecture: {base.get('class') or 'unknown'}"
         + (f"    base model: {base['name_or_path']}" if base.get("name_or_path") else ""),
-        f"ring DoF: {ring_dof:,}    rings: " + ", ".join(f"{r['name']}={r['size']:,}" for r in manifest["rings"]),
+        f"ring DoF: {ring_dof:,} ({ring_dof / max(1, generated):.2%} of the generated elements{of_model})    rings: "
+        + ", ".join(f"{r['name']}={r['size']:,}" for r in manifest["rings"]),
         f"targets: {len(manifest['targets'])} tensors, {generated:,} generated elements",
         f"weights file: {weights_bytes:,} bytes",
     ]
-    if {"trainable", "model_parameters", "compression_ratio", "ring_fraction"} <= set(dof):
-        lines[3] += f" ({dof['ring_fraction']:.2%} of the model)"
+    storage = meta.get("ring_storage") or {}
+    lines += [f"ring storage: {r['name']}: {describe(storage.get(r['name']))}" for r in manifest["rings"]]
+    if full_report:
+        dense_bytes = 4 * dof["model_parameters"]
         lines += [
             f"trainable: {dof['trainable']:,}    dense model: {dof['model_parameters']:,} parameters "
-            f"({4 * dof['model_parameters']:,} bytes in fp32)    compression: {dof['compression_ratio']:.1f}x"
+            f"({dense_bytes:,} bytes in fp32)    weights file {size_ratio(max(1, weights_bytes), max(1, dense_bytes))} "
+            "the dense fp32 weights"
         ]
     if args.targets:
         lines += [f"  {t['name']} {t['shape']} ring={t['ring']} gain={t['gain']:.4g}" for t in manifest["targets"]]
@@ -99,15 +137,22 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad argument is one line on stderr (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``hf-rpg`` and its four subcommands."""
-    parser = argparse.ArgumentParser(prog="hf-rpg", description="Recurrent Parameter Generators for HF models.")
+    """The argument parser of ``hf-rpg`` and its five subcommands."""
+    parser = _OneLineParser(prog="hf-rpg", description="Recurrent Parameter Generators for HF models.")
     parser.add_argument("--version", action="version", version=f"hf_rpg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train a tiny model on digits, dense vs RPG (offline, < 2 min)")
     demo.add_argument("--model", choices=("resnet", "vit"), default="resnet")
-    demo.add_argument("--dof", type=parse_dof, default=0.25, help="ring size (int) or fraction (float), default 0.25")
+    demo.add_argument("--dof", type=parse_dof, default=0.25, help=DOF_HELP + ", default 0.25")
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--lr", type=float, default=1e-2)
     demo.add_argument("--seed", type=int, default=0)
@@ -116,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch threads (default: $OMP_NUM_THREADS, else the idle cores, <= 4)"
     )
     demo.set_defaults(func=_cmd_demo)
+
+    sweep = sub.add_parser("sweep", help="accuracy against DoF: RPG, dense, equal-DoF narrow dense, ablations; plots")
+    from .sweep import add_sweep_arguments  # datasets and matplotlib load only when a sweep runs
+
+    add_sweep_arguments(sweep, parse_dof)
+    sweep.set_defaults(func=_cmd_sweep)
 
     info = sub.add_parser("info", help="DoF, sizes, generator version, targets and mode of a checkpoint")
     info.add_argument("checkpoint", help="checkpoint directory or Hub repo id")

@@ -219,6 +219,13 @@ class RPGConfig:
             )
         if isinstance(dof, int) and dof <= 0:
             raise RPGConfigError(f"dof must be a positive int (ring size), got {dof}")
+        if isinstance(dof, int) and dof == 1:
+            warnings.warn(
+                "dof=1 (an int) is a ring of ONE entry: every generated weight is +-gain times one number. "
+                "For full DoF write dof=1.0 (a float is a fraction of the targeted elements)",
+                UserWarning,
+                stacklevel=5,
+            )
         if isinstance(dof, float) and not (math.isfinite(dof) and 0.0 < dof <= 1.0):
             raise RPGConfigError(
                 f"dof as a float is a fraction of the targeted elements and must be in (0, 1], got {dof}"

@@ -193,6 +193,34 @@ class WeightEngine:
         ring = self.layout.rings[ring_name]
         return signed_indices(positions, ring.elements, ring.size, self.keys[ring_name])
 
+    def set_index_override(self, ring_name: str, signed_index: torch.Tensor) -> None:
+        """STUDY ONLY (the ablations of ``hf_rpg.sweep``): make ring ``ring_name`` use
+        ``signed_index`` instead of its ``rpg-v1`` indices.
+
+        ``signed_index`` is int32, one entry per generated element of the ring in layout
+        order (ring position ``p`` = target offset + element), each an index into the signed
+        ring ``[θ, −θ]`` (``k < N``: ``+θ[k]``; ``k >= N``: ``−θ[k − N]``). It replaces the
+        ring's int32 cache (so ``index_cache="int32"`` is needed); nothing else changes. The
+        model no longer follows ``rpg-v1``: a checkpoint does not record the override and
+        reloads with the ``rpg-v1`` indices. The library itself never calls this.
+        """
+        if ring_name not in self.layout.rings:
+            raise KeyError(f"no ring {ring_name!r}; rings: {', '.join(self.layout.rings)}")
+        if not self.cache_indices:
+            raise RuntimeError("set_index_override replaces the index cache: it needs index_cache='int32'")
+        ring = self.layout.rings[ring_name]
+        if signed_index.dtype != torch.int32 or tuple(signed_index.shape) != (ring.elements,):
+            raise ValueError(
+                f"signed_index must be int32 of shape [{ring.elements}], got {signed_index.dtype} "
+                f"{list(signed_index.shape)}"
+            )
+        if signed_index.numel() and (int(signed_index.min()) < 0 or int(signed_index.max()) >= 2 * ring.size):
+            raise ValueError(f"signed_index values must lie in [0, {2 * ring.size}) (the signed ring)")
+        self._index[ring_name] = signed_index.detach().clone()
+        self._sign_bit[ring_name] = False
+        self._index_for.pop(ring_name, None)  # re-encoded for the device and dtype on next use
+        self._drop_inference_weights()
+
     def index_cache_bytes(self) -> int:
         """Bytes held by the index caches right now."""
         return sum(t.numel() * t.element_size() for t in self._index.values())

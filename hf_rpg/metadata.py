@@ -25,11 +25,12 @@ from .describe import describe
 from .describe import is_int as _is_int
 from .errors import RPGCheckpointError, RPGGeneratorVersionError
 from .generator import SUPPORTED_GENERATORS
+from .ring_storage import check_description
 from .version import __version__
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "generator", "config", "manifest")
-OPTIONAL_KEYS = ("hf_rpg_version", "mode", "base_model", "dof", "files")
+OPTIONAL_KEYS = ("hf_rpg_version", "mode", "base_model", "dof", "files", "ring_storage")
 # Without these a checkpoint would silently regenerate other weights: no defaults for them.
 REQUIRED_CONFIG_KEYS = ("seed", "mode")
 BASE_MODEL_KEYS = ("class", "module", "name_or_path", "revision")
@@ -59,6 +60,7 @@ def check_metadata(meta: Any, source: str, *, weights_name: str) -> dict[str, An
     _check_base_model(meta.get("base_model"), source)
     _check_files(meta.get("files"), source, weights_name)
     _check_dof(meta.get("dof"), source)
+    _check_ring_storage(meta.get("ring_storage"), meta["manifest"], source)
     unknown = sorted(k for k in meta if k not in REQUIRED_KEYS + OPTIONAL_KEYS)
     if unknown:
         warnings.warn(
@@ -163,8 +165,30 @@ def _check_dof(dof: Any, source: str) -> None:
             raise RPGCheckpointError(f"{source}: dof[{key!r}] must be a number, got {_describe(value)}")
 
 
+def _check_ring_storage(storage: Any, manifest: Any, source: str) -> None:
+    """``ring_storage`` (absent: every ring stored as is): ring name -> how it is encoded."""
+    if storage is None:
+        return
+    if not isinstance(storage, dict) or not storage:
+        raise RPGCheckpointError(
+            f"{source}: 'ring_storage' must map ring names to objects such as {{'format': 'int8', 'block_size': 256}}, "
+            f"got {_describe(storage)}"
+        )
+    rings = manifest.get("rings") if isinstance(manifest, dict) else None
+    names = {r.get("name") for r in rings if isinstance(r, dict)} if isinstance(rings, list) else set()
+    for name, description in storage.items():
+        if name not in names:
+            raise RPGCheckpointError(
+                f"{source}: 'ring_storage' names ring {name!r}, which the manifest does not list "
+                f"(rings: {', '.join(sorted(map(str, names))) or 'none'})"
+            )
+        check_description(description, f"{source}: ring_storage[{name!r}]")
+
+
 def binding_digest(meta: dict[str, Any]) -> str:
-    """SHA-256 of what decides the generated weights: generator, seed, mode and manifest.
+    """SHA-256 of what decides the generated weights: generator, seed, mode and manifest, and
+    how the rings are encoded (``ring_storage``) when the checkpoint records it (absent, the
+    digest is the one older checkpoints hold).
 
     ``meta`` is the content of ``rpg_config.json`` (or a dict with at least those fields).
     The JSON is canonical (sorted keys, no spaces), so the digest of the parsed file equals
@@ -177,6 +201,8 @@ def binding_digest(meta: dict[str, Any]) -> str:
         "mode": meta["config"]["mode"],
         "manifest": meta["manifest"],
     }
+    if meta.get("ring_storage") is not None:
+        bound["ring_storage"] = meta["ring_storage"]
     text = json.dumps(bound, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 

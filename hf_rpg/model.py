@@ -640,7 +640,9 @@ class RPGModel(nn.Module):
     def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
         """Write a compact checkpoint (ring(s), non-generated parameters, manifest, card).
 
-        See ``hf_rpg.checkpoint.save_checkpoint`` for the keyword arguments.
+        ``ring_storage``: ``None`` (the ring as is), ``"float32"``, ``"float16"``, ``"int8"``
+        (per-block scales) or ``"sparse"`` (for pruned rings). See
+        ``hf_rpg.checkpoint.save_checkpoint`` for the keyword arguments.
         """
         self._check_usable()
         _check_keywords("save_pretrained", kwargs, save_checkpoint, skip=2)
@@ -786,7 +788,7 @@ def load_checkpoint(
     try:
         if on_meta:
             model._materialize_meta(target_device)
-        load_tensors(model, files[WEIGHTS_NAME], binding=binding_digest(meta))
+        load_tensors(model, files[WEIGHTS_NAME], binding=binding_digest(meta), ring_storage=meta.get("ring_storage"))
     except BaseException:
         # A base_model the caller passed is theirs: give it back as it was, not half-wrapped.
         model._unload({tid: target.param for tid, target in enumerate(targets)})

@@ -30,8 +30,14 @@ class DoFReport:
     stored_parameters: int
 
     @property
+    def dof_fraction(self) -> float:
+        """Ring DoF as a fraction of the generated (targeted) elements: what ``RPGConfig.dof``
+        as a float refers to (``dof=0.25`` gives about 0.25 here)."""
+        return self.ring_dof / max(1, self.generated_elements)
+
+    @property
     def ring_fraction(self) -> float:
-        """Ring DoF as a fraction of the dense model ("ring only" DoF)."""
+        """Ring DoF as a fraction of the whole dense model ("ring only" DoF of the paper)."""
         return self.ring_dof / max(1, self.model_parameters)
 
     @property
@@ -48,6 +54,7 @@ class DoFReport:
         """The fields plus the derived fractions and ratio, as a JSON-serialisable dict."""
         data = asdict(self)
         data.update(
+            dof_fraction=self.dof_fraction,
             ring_fraction=self.ring_fraction,
             trainable_fraction=self.trainable_fraction,
             compression_ratio=self.compression_ratio,
@@ -56,8 +63,22 @@ class DoFReport:
 
     def __str__(self) -> str:
         return (
-            f"ring DoF: {self.ring_dof:,} ({self.ring_fraction:.2%} of {self.model_parameters:,}) || "
+            f"ring DoF: {self.ring_dof:,} ({self.dof_fraction:.2%} of {self.generated_elements:,} generated, "
+            f"{self.ring_fraction:.2%} of all {self.model_parameters:,}) || "
             f"trainable params: {self.trainable:,} ({self.trainable_fraction:.2%}) || "
-            f"generated weights: {self.generated_elements:,} || stored params: {self.stored_parameters:,} || "
-            f"compression: {self.compression_ratio:.1f}x"
+            f"stored params: {self.stored_parameters:,} || "
+            f"{size_ratio(self.stored_parameters, self.model_parameters)} the dense model"
         )
+
+
+def size_ratio(size: float, reference: float) -> str:
+    """``size`` against ``reference`` in words that cannot be misread: ``"3.4x smaller than"``,
+    ``"1.04x larger than"`` (two decimals below 1.1x, so it never reads "1.0x"), or
+    ``"as large as"`` when equal."""
+    if size <= 0 or reference <= 0:
+        raise ValueError(f"sizes must be positive, got {size} and {reference}")
+    if size == reference:
+        return "as large as"
+    ratio = max(size, reference) / min(size, reference)
+    word = "smaller" if size < reference else "larger"
+    return f"{ratio:.2f}x {word} than" if ratio < 1.1 else f"{ratio:.1f}x {word} than"

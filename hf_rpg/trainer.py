@@ -65,7 +65,7 @@ def load_weights_into(model: RPGModel, directory: str | Path) -> None:
         raise RPGManifestMismatchError(
             f"{directory}: the manifest has {len(saved.targets)} targets, the model {len(model.layout.targets)}"
         )
-    load_tensors(model, directory / WEIGHTS_NAME, binding=binding_digest(meta))
+    load_tensors(model, directory / WEIGHTS_NAME, binding=binding_digest(meta), ring_storage=meta.get("ring_storage"))
 
 
 class RPGTrainer(Trainer):

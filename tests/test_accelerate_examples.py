@@ -77,6 +77,15 @@ def test_image_example_digits_learns_and_saves(image_example, tmp_path, capsys):
     assert _accuracy(loaded, test_loader) == results["rpg"]["accuracy"]
 
 
+def test_image_example_dense_only_with_narrow_widths(image_example, tmp_path, capsys):
+    argv = ["--dataset", "digits", "--dense-only", "--widths", "3,8,16", "--max-steps", "3"]
+    results = image_example.main([*argv, "--max-eval-samples", "50", "--output-dir", str(tmp_path)])
+    printed = capsys.readouterr()
+    assert "rpg" not in results and "dof" not in results and (tmp_path / "dense" / "model.safetensors").is_file()
+    assert results["dense_parameters"] < 10_000 and f"{results['dense_parameters']:,} parameters" in printed.out
+    assert "it/s" not in printed.err  # no progress bar when stderr is not a terminal
+
+
 def test_image_example_vit_fashion_mnist_accumulation(image_example, fashion_dir, tmp_path, capsys):
     argv = ["--dataset", "fashion_mnist", "--model", "vit", "--dof", "5000", "--max-steps", "3"]
     argv += ["--gradient-accumulation-steps", "2", "--batch-size", "16", "--max-train-samples", "256"]

@@ -292,6 +292,53 @@ def test_rpg_config_nested_field_with_a_bad_value(ckpt, edit, message):
         RPGModel.from_pretrained(ckpt)
 
 
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("int8", r"'ring_storage' must map ring names to objects such as"),
+        ({}, r"'ring_storage' must map ring names to objects"),
+        ({"attention": {"format": "int8", "block_size": 256}}, r"names ring 'attention', which the manifest does not"),
+        ({"default": "int8"}, r"ring_storage\['default'\] must be an object"),
+        ({"default": {"format": "int4"}}, r"ring_storage\['default'\]\.format must be one of 'float32', .*'int4'"),
+        ({"default": {"format": "int8"}}, r"ring_storage\['default'\]\.block_size must be an int in \[1, .*None"),
+        ({"default": {"format": "int8", "block_size": 0}}, r"block_size must be an int in \[1, 1048576\].*got 0"),
+        ({"default": {"format": "float16", "bits": 4}}, r"ring_storage\['default'\] has unknown keys \['bits'\]"),
+        ({"default": {"format": "sparse", "nonzero": -3}}, r"\.nonzero must be a non-negative int, got -3"),
+    ],
+)
+def test_rpg_config_with_a_bad_ring_storage(ckpt, storage, message):
+    edit_json(ckpt / CONFIG, lambda meta: meta.__setitem__("ring_storage", storage))
+    with pytest.raises(RPGCheckpointError, match=message):
+        RPGModel.from_pretrained(ckpt)
+
+
+def test_ring_storage_that_does_not_match_the_weights_file(ckpt):
+    # a float32 ring that rpg_config.json claims is int8: the binding catches the edited pair
+    edit_json(
+        ckpt / CONFIG, lambda m: m.__setitem__("ring_storage", {"default": {"format": "int8", "block_size": 256}})
+    )
+    with pytest.raises(RPGCheckpointError, match=r"was saved with another rpg_config\.json"):
+        RPGModel.from_pretrained(ckpt)
+
+
+def test_int8_checkpoint_with_its_scales_removed(tmp_path):
+    model = save_tiny(tmp_path / "a")
+    model.save_pretrained(tmp_path / "q", ring_storage="int8")
+    rewrite_weights(tmp_path / "q", lambda t: t.pop("rpg_ring_storage.default.scales"))
+    with pytest.raises(RPGCheckpointError, match=r"'rpg_rings\.default'.*needs a 'scales' tensor, the weights file"):
+        RPGModel.from_pretrained(tmp_path / "q")
+
+
+@pytest.mark.parametrize("storage", ["int4", "fp16", 8, "Int8"])
+def test_save_with_a_bad_ring_storage(tmp_path, storage):
+    model = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.1))
+    with pytest.raises(
+        RPGConfigError, match=rf"ring_storage must be one of 'float32', 'float16', 'int8', 'sparse'; got {storage!r}"
+    ):
+        model.save_pretrained(tmp_path / "x", ring_storage=storage)
+    assert not (tmp_path / "x").exists()
+
+
 def test_unknown_top_level_and_config_keys_warn_and_load(ckpt, pristine):
     def add(meta):
         meta["written_by_the_future"] = {"x": 1}

@@ -26,7 +26,9 @@ def test_info_prints_dof_sizes_generator_targets_and_mode(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mode: replace" in out and "generator: rpg-v1" in out
     assert f"ring DoF: {model.dof_report().ring_dof:,}" in out
-    assert f"compression: {model.dof_report().compression_ratio:.1f}x" in out
+    report = model.dof_report()
+    assert f"({report.dof_fraction:.2%} of the generated elements, {report.ring_fraction:.2%} of the model)" in out
+    assert "smaller than the dense fp32 weights" in out
     assert "bert.encoder.layer.0.attention.self.query.weight" in out
     assert "architecture: BertForSequenceClassification" in out
 
@@ -73,3 +75,40 @@ def test_info_works_without_the_optional_dof_report(tmp_path, capsys):
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"ring DoF: {model.dof_report().ring_dof:,}" in out and "architecture: unknown" in out
+
+
+def test_dof_forms_cannot_be_misread():
+    import argparse
+
+    import pytest
+
+    from hf_rpg.cli import parse_dof
+
+    assert parse_dof("25%") == 0.25 and parse_dof("0.25") == 0.25 and parse_dof("100%") == 1.0
+    assert parse_dof("18116") == 18116 and parse_dof("18_116") == 18116 and parse_dof("1.0") == 1.0
+    assert isinstance(parse_dof("18116"), int) and isinstance(parse_dof("1e-2"), float)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"write 1\.0 or 100% for full DoF"):
+        parse_dof("1")
+    for bad in ("abc", "0%", "150%", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="--dof"):
+            parse_dof(bad)
+
+
+def test_demo_dof_1_is_one_clear_line(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--dof", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--dof 1 would be a ring of one entry; write 1.0" in err
+
+
+def test_size_comparison_is_honest():
+    from hf_rpg.report import size_ratio
+
+    assert size_ratio(100, 340) == "3.4x smaller than"
+    assert size_ratio(340, 100) == "3.4x larger than"
+    assert size_ratio(104, 100) == "1.04x larger than"  # never "1.0x smaller" when larger
+    assert size_ratio(100, 104) == "1.04x smaller than"
+    assert size_ratio(100, 100) == "as large as"

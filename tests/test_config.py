@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -92,3 +93,23 @@ def test_numpy_scalars_count_as_their_python_twins():
     assert type(fraction.dof) is float and fraction.dof == 0.25
     with pytest.raises(RPGConfigError, match="dof must be an int"):
         RPGConfig(dof=np.bool_(True))
+
+
+def test_int_dof_1_warns_that_it_is_one_ring_entry():
+    with pytest.warns(UserWarning, match=r"ring of ONE entry.*dof=1\.0"):
+        RPGConfig(dof=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RPGConfig(dof=1.0)
+        RPGConfig(dof=2)
+
+
+def test_dof_report_fraction_is_of_the_generated_elements():
+    from conftest import make_bert_cls
+
+    from hf_rpg import apply_rpg
+
+    report = apply_rpg(make_bert_cls(), RPGConfig(dof=0.25)).dof_report()
+    assert report.dof_fraction == pytest.approx(0.25, abs=1e-3)
+    assert report.ring_fraction < report.dof_fraction  # the model also has other parameters
+    assert "25.00% of" in str(report) and report.to_dict()["dof_fraction"] == report.dof_fraction

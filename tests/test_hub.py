@@ -71,7 +71,8 @@ def test_push_to_hub_uploads_exactly_the_compact_files_with_a_card(fake_hub, tmp
     assert {"hf_rpg", "rpg", "rpg-replace"} <= set(meta["tags"])
     assert meta["datasets"] == ["rotten_tomatoes"]
     report = model.dof_report()
-    assert f"{report.ring_dof:,}" in card and f"{report.compression_ratio:.1f}x" in card
+    assert f"{report.ring_dof:,}" in card and f"{report.compression_ratio:.1f}x smaller than the dense" in card
+    assert f"{report.dof_fraction:.2%} of the {report.generated_elements:,} generated elements" in card
     assert "| accuracy | 0.875 |" in card
     assert 'RPGModel.from_pretrained("someone/bert-rpg")' in card
 

@@ -18,7 +18,7 @@ from torch import nn
 from ..checkpoint import checkpoint_bytes
 from ..config import RPGConfig
 from ..model import apply_rpg
-from ..report import DoFReport
+from ..report import DoFReport, size_ratio
 from .data import DIGITS_TEST_SIZE, image_tensors, load_digits
 
 
@@ -42,39 +42,56 @@ def load_digits_split(seed: int = 0, upsample: int = 2) -> DigitsData:
     return DigitsData(train_x, train_y, test_x, test_y)
 
 
-def build_digits_model(kind: str = "resnet", image_size: int = 16, num_labels: int = 10) -> nn.Module:
+RESNET_WIDTHS = (16, 32, 64)  # stem, stage 1, stage 2 channels
+VIT_WIDTHS = (64, 128)  # hidden size, MLP size
+
+
+def build_digits_model(
+    kind: str = "resnet", image_size: int = 16, num_labels: int = 10, widths: tuple[int, ...] | None = None
+) -> nn.Module:
     """A tiny transformers ResNet (73k parameters) or ViT (69k) for one-channel images
-    (digits, Fashion-MNIST) of ``num_labels`` classes."""
+    (digits, Fashion-MNIST) of ``num_labels`` classes.
+
+    ``widths`` makes it narrower or wider: for the ResNet ``(stem, stage1, stage2)``
+    channels (default ``RESNET_WIDTHS``), for the ViT ``(hidden, mlp)`` sizes (default
+    ``VIT_WIDTHS``; the hidden size must be a multiple of the 4 attention heads).
+    """
+    if kind not in ("resnet", "vit"):
+        raise ValueError(f"model must be 'resnet' or 'vit', got {kind!r}")
+    default = RESNET_WIDTHS if kind == "resnet" else VIT_WIDTHS
+    widths = tuple(default if widths is None else widths)
+    if len(widths) != len(default) or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise ValueError(f"widths of the {kind} must be {len(default)} positive ints, got {widths!r}")
     if kind == "resnet":
         from transformers import ResNetConfig, ResNetForImageClassification
 
         config = ResNetConfig(
             num_channels=1,
-            embedding_size=16,
-            hidden_sizes=[32, 64],
+            embedding_size=widths[0],
+            hidden_sizes=list(widths[1:]),
             depths=[1, 1],
             layer_type="basic",
             downsample_in_first_stage=False,
             num_labels=num_labels,
         )
         return ResNetForImageClassification(config)
-    if kind == "vit":
-        from transformers import ViTConfig, ViTForImageClassification
+    from transformers import ViTConfig, ViTForImageClassification
 
-        config = ViTConfig(
-            image_size=image_size,
-            patch_size=4,
-            num_channels=1,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=128,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            num_labels=num_labels,
-        )
-        return ViTForImageClassification(config)
-    raise ValueError(f"model must be 'resnet' or 'vit', got {kind!r}")
+    if widths[0] % 4:
+        raise ValueError(f"the ViT hidden size must be a multiple of its 4 attention heads, got {widths[0]}")
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=widths[0],
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=widths[1],
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=num_labels,
+    )
+    return ViTForImageClassification(config)
 
 
 def train_classifier(
@@ -132,8 +149,9 @@ class DemoResult:
                 f"{self.dense_seconds:>8.1f}",
                 f"{'rpg':>6} {self.rpg_accuracy:>9.4f} {r.trainable:>10,} {self.rpg_bytes:>17,} "
                 f"{self.rpg_seconds:>8.1f}",
-                f"ring DoF {r.ring_dof:,} ({r.ring_fraction:.1%} of the model), all trainable "
-                f"{r.trainable_fraction:.1%}; checkpoint {self.dense_bytes / self.rpg_bytes:.1f}x smaller than dense",
+                f"ring DoF {r.ring_dof:,} ({r.dof_fraction:.1%} of the generated weights, {r.ring_fraction:.1%} "
+                f"of the model), all trainable {r.trainable_fraction:.1%}; checkpoint "
+                f"{size_ratio(self.rpg_bytes, self.dense_bytes)} dense",
             ]
         )
 
