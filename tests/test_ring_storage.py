@@ -115,11 +115,11 @@ def test_training_continues_from_an_int8_checkpoint(tmp_path):
 
 
 def test_bfloat16_ring_dequantises_to_its_dtype(tmp_path):
-    model = _model().to(torch.bfloat16)
+    torch.manual_seed(0)
+    model = apply_rpg(make_bert_cls().to(torch.bfloat16), RPGConfig(dof=0.5, seed=1, ring_dtype="bfloat16"))
     model.save_pretrained(tmp_path / "q", ring_storage="int8")
     assert json.loads((tmp_path / "q" / CONFIG).read_text())["ring_storage"]["default"]["dtype"] == "bfloat16"
-    target = _model().to(torch.bfloat16)
-    loaded = RPGModel.from_pretrained(tmp_path / "q", base_model=target.merge_and_unload())
+    loaded = RPGModel.from_pretrained(tmp_path / "q")  # the config's ring_dtype: bfloat16
     assert loaded.rpg_rings["default"].dtype == torch.bfloat16
 
 
