@@ -28,6 +28,7 @@ GAINS = ("auto", "kaiming_fan_in", "kaiming_fan_out")
 OTHER_PARAMETERS = ("train", "head", "freeze")
 INDEX_CACHES = ("auto", "int32", "none")
 RING_DTYPES = ("float32", "float64", "bfloat16", "float16")
+WEIGHTS_IN_BACKWARD = ("auto", "regenerate", "keep")
 DEFAULT_RING = "default"
 # index_cache="auto": an int32 cache up to this many generated elements (1 GiB of indices).
 AUTO_INDEX_CACHE_ELEMENTS = 1 << 28
@@ -143,6 +144,12 @@ class RPGConfig:
             the fly (0 bytes). ``"auto"`` caches while the cache would take at most
             ``AUTO_INDEX_CACHE_ELEMENTS`` elements (1 GiB) and computes on the fly beyond,
             where a dense-sized cache would defeat the point of a big model with few DoF.
+        weights_in_backward: What autograd keeps of a generated weight between a layer's
+            forward and its backward. ``"regenerate"``: nothing; backward generates it again
+            (one more gather per weight, and only the running layer's weights ever exist).
+            ``"keep"``: the weight itself, as for any layer (no extra gather; every weight
+            of the model is alive until backward). ``"auto"`` keeps up to
+            ``AUTO_INDEX_CACHE_ELEMENTS`` generated elements and regenerates beyond.
         embedding_rows: Generate only the looked-up rows of untied embeddings during
             training instead of the whole table.
         inference_cache: Without grad, generate the weights once and reuse them until
@@ -165,6 +172,7 @@ class RPGConfig:
     modules_to_save: Pattern = None
     ring_dtype: RingDtype = "float32"
     index_cache: IndexCache = "auto"
+    weights_in_backward: Literal["auto", "regenerate", "keep"] = "auto"
     embedding_rows: bool = True
     inference_cache: bool = True
     base_model_name_or_path: str | None = None
@@ -197,6 +205,7 @@ class RPGConfig:
         self.modules_to_save = _check_pattern("modules_to_save", self.modules_to_save)
         self._check_choice("ring_dtype", self.ring_dtype, RING_DTYPES)
         self._check_choice("index_cache", self.index_cache, INDEX_CACHES)
+        self._check_choice("weights_in_backward", self.weights_in_backward, WEIGHTS_IN_BACKWARD)
         for name in ("embedding_rows", "inference_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise RPGConfigError(f"{name} must be True or False, got {_describe(getattr(self, name))}")

@@ -91,6 +91,7 @@ class WeightEngine:
         rowwise: set[int] | None = None,
         cache_indices: bool = True,
         inference_cache: bool = True,
+        regenerate: bool = True,
     ) -> None:
         self.root = root
         self.layout = layout
@@ -100,6 +101,7 @@ class WeightEngine:
         self.rowwise = rowwise or set()
         self.cache_indices = cache_indices
         self.inference_cache = inference_cache
+        self.regenerate = regenerate  # False: autograd keeps each weight for backward (no regeneration)
         self._index: dict[str, torch.Tensor] = {}
         self._sign_bit: dict[str, bool] = {}
         self._index_for: dict[str, int] = {}  # ring itemsize the layout was picked for
@@ -421,7 +423,7 @@ class WeightEngine:
 
     def _hooks_apply(self) -> bool:
         # Under torch.compile the compiled graph chooses what to save (and may recompute).
-        return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        return self.regenerate and torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
     def run_owner(
         self,

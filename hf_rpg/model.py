@@ -175,6 +175,12 @@ def _caches_indices(config: RPGConfig, layout: Layout) -> bool:
     return config.index_cache == "int32"
 
 
+def _regenerates(config: RPGConfig, layout: Layout) -> bool:
+    if config.weights_in_backward == "auto":
+        return layout.generated_elements > AUTO_INDEX_CACHE_ELEMENTS
+    return config.weights_in_backward == "regenerate"
+
+
 def _serving(target: FoundTarget, config: RPGConfig) -> str:
     """How a target is served (see ``hf_rpg.parametrize``)."""
     if config.mode != "delta":
@@ -355,6 +361,7 @@ class RPGModel(nn.Module):
             specs=specs,
             rowwise=rowwise,
             cache_indices=_caches_indices(config, layout),
+            regenerate=_regenerates(config, layout),
             inference_cache=config.inference_cache,
         )
         self._engine = engine  # index caches are built on first use

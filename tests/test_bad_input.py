@@ -79,6 +79,10 @@ FIELD_CASES = {
         (torch.float32, r"ring_dtype must be one of 'float32', 'float64', 'bfloat16', 'float16'; got torch\.float32"),
         ("int8", r"ring_dtype must be one of .*; got 'int8'"),
     ),
+    "weights_in_backward": (
+        (False, r"weights_in_backward must be one of 'auto', 'regenerate', 'keep'; got False"),
+        ("recompute", r"weights_in_backward must be one of .*; got 'recompute'"),
+    ),
     "index_cache": ((None, r"index_cache must be one of 'auto', 'int32', 'none'; got None"), ("int64", r"got 'int64'")),
     "embedding_rows": (("yes", r"embedding_rows must be True or False, got 'yes' \(str\)"), (2, r"got 2 \(int\)")),
     "inference_cache": (

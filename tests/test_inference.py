@@ -51,7 +51,7 @@ def test_inference_materialises_once_until_the_ring_changes(monkeypatch):
 
 
 def test_training_weights_exist_only_while_their_layer_runs(monkeypatch):
-    model = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.2))
+    model = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.2, weights_in_backward="regenerate"))
     engine = model._engine
     phases, live_counts = [], []
     original = engine._weight
@@ -158,7 +158,8 @@ def test_training_buffers_are_reused_only_when_no_graph_holds_them(monkeypatch):
 
 
 def test_a_ring_changed_between_forward_and_backward_is_an_error():
-    model = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2))
+    # regenerating in backward from a changed ring would give wrong gradients: refused
+    model = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2, weights_in_backward="regenerate"))
     model.train()
     loss = model(**_batch()).logits.sum()
     with torch.no_grad():
@@ -195,7 +196,9 @@ def test_per_layer_gradients_equal_generating_every_weight_up_front(mode):
     the ring gradient of the plain computation: all weights generated first, then the model
     run as a dense model on them (torch.func.functional_call)."""
     torch.manual_seed(0)
-    model = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.2, mode=mode, embedding_rows=False))
+    model = apply_rpg(
+        make_bert_mlm(), RPGConfig(dof=0.2, mode=mode, embedding_rows=False, weights_in_backward="regenerate")
+    )
     ring = model.rpg_rings["default"]
     with torch.no_grad():
         ring.normal_(generator=torch.Generator().manual_seed(1)).mul_(0.05)
@@ -214,3 +217,25 @@ def test_per_layer_gradients_equal_generating_every_weight_up_front(mode):
     loss = torch.func.functional_call(merged, names, args=(), kwargs=batch).loss
     loss.backward()
     torch.testing.assert_close(per_layer, ring.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_small_models_keep_their_weights_for_backward_by_default(monkeypatch):
+    """weights_in_backward='auto': below the threshold autograd keeps each weight (no second
+    gather), with the same gradients as regenerating."""
+    torch.manual_seed(0)
+    kept = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.2))
+    torch.manual_seed(0)
+    regenerated = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.2, weights_in_backward="regenerate"))
+    assert not kept._engine.regenerate and regenerated._engine.regenerate
+    calls = []
+    original = kept._engine._weight
+    monkeypatch.setattr(kept._engine, "_weight", lambda tid: calls.append(tid) or original(tid))
+    batch = {"input_ids": _batch()["input_ids"], "labels": _batch()["input_ids"]}
+    kept.train()
+    regenerated.train()
+    loss = kept(**batch).loss
+    forward_calls = len(calls)
+    loss.backward()
+    assert len(calls) == forward_calls  # nothing generated again in backward
+    regenerated(**batch).loss.backward()
+    torch.testing.assert_close(kept.rpg_rings["default"].grad, regenerated.rpg_rings["default"].grad, rtol=0, atol=0)
