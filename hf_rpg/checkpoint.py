@@ -68,10 +68,11 @@ class CheckpointModel(Protocol):
     def dof_report(self) -> DoFReport:
         """Ring DoF, trainable parameters, dense model size and compression ratio."""
 
-    def is_stored(self, param: nn.Parameter, delta_bases: set[int] | None = None) -> bool:
+    def is_stored(self, param: nn.Parameter, stored_ids: set[int] | None = None) -> bool:
         """Whether a checkpoint stores ``param``."""
 
-    def _delta_base_ids(self) -> set[int]: ...
+    def stored_parameter_ids(self) -> set[int]:
+        """ids of the parameters a checkpoint stores."""
 
 
 # ---------------------------------------------------------------------------- what is stored
@@ -83,14 +84,14 @@ def stored_entries(model: CheckpointModel) -> dict[str, torch.Tensor]:
     Tied tensors appear once, under their first name. Delta-mode base weights and, in delta
     mode, frozen parameters are not stored: they come from the base model.
     """
-    bases = model._delta_base_ids()
+    stored = model.stored_parameter_ids()
     entries: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in model.base_model.state_dict(keep_vars=True).items():
         if id(tensor) in seen:
             continue
         seen.add(id(tensor))
-        if isinstance(tensor, nn.Parameter) and not model.is_stored(tensor, bases):
+        if isinstance(tensor, nn.Parameter) and not model.is_stored(tensor, stored):
             continue
         entries[name] = tensor
     return entries

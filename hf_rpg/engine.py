@@ -118,11 +118,6 @@ class WeightEngine:
         self.enabled = True
         self.update_enabled = True  # False inside RPGModel.disable_rpg(): the untouched base runs
 
-    @property
-    def delta_bases(self) -> dict[int, tuple[nn.Module, str]]:
-        """Target id -> ``(module, attr)`` of its frozen base (delta mode)."""
-        return {tid: spec.base_slot for tid, spec in enumerate(self.specs) if spec.base_slot is not None}
-
     # ------------------------------------------------------------------ indices
 
     def build_index_caches(self, device: torch.device | str | None = None) -> None:

@@ -574,38 +574,44 @@ class RPGModel(nn.Module):
 
     # ------------------------------------------------------------------ accounting
 
-    def _stored_ids(self) -> set[int]:
-        names = self._stored_names
-        return {id(p) for n, p in self.base_model.named_parameters(remove_duplicate=False) if n in names}
+    def stored_parameter_ids(self) -> set[int]:
+        """ids of the base model's parameters that checkpoints and ``state_dict()`` store
+        (see ``is_stored``); looked up by name, so Parameters swapped by wrappers count."""
+        params = self.base_model.named_parameters(remove_duplicate=False)
+        if self.rpg_config.mode != "delta":
+            return {id(p) for _, p in params}
+        bases = self._delta_base_ids()
+        return {id(p) for n, p in params if n in self._stored_names and id(p) not in bases}
 
     def _delta_base_ids(self) -> set[int]:
         if self.rpg_config.mode != "delta":
             return set()
         return {id(owners[0].module._parameters[owners[0].attr]) for owners in self._targets}
 
-    def is_stored(self, param: nn.Parameter, delta_bases: set[int] | None = None) -> bool:
+    def is_stored(self, param: nn.Parameter, stored_ids: set[int] | None = None) -> bool:
         """Whether a parameter of the base model belongs in checkpoints and ``state_dict()``:
         all of them in replace mode; in delta mode the ones chosen to train when RPG was
         applied (``other_parameters``, ``modules_to_save``): the frozen ones, pretrained
-        weights under the update included, come from the base model."""
+        weights under the update included, come from the base model. ``stored_ids``:
+        ``stored_parameter_ids()``, computed once by callers that ask for many parameters."""
         if self.rpg_config.mode != "delta":
             return True
-        bases = self._delta_base_ids() if delta_bases is None else delta_bases
-        return id(param) in self._stored_ids() and id(param) not in bases
+        return id(param) in (self.stored_parameter_ids() if stored_ids is None else stored_ids)
 
     def base_weight_names(self) -> set[str]:
         """Names (``base_model.``-prefixed) of the base model's parameters that are not
         stored (see ``is_stored``): ``state_dict()`` and checkpoints leave them out."""
-        bases = self._delta_base_ids()
+        stored = self.stored_parameter_ids()
         return {
             "base_model." + name
             for name, param in self.base_model.named_parameters(remove_duplicate=False)
-            if not self.is_stored(param, bases)
+            if not self.is_stored(param, stored)
         }
 
     def dof_report(self) -> DoFReport:
         """Ring DoF, trainable parameters, dense model size and compression ratio."""
         bases = self._delta_base_ids()
+        stored = self.stored_parameter_ids()
         other_trainable = frozen = others = saved = 0
         for param in self.base_model.parameters():
             n = param.numel()
@@ -617,7 +623,7 @@ class RPGModel(nn.Module):
                 other_trainable += n
             else:
                 frozen += n
-            if self.is_stored(param, bases):
+            if self.is_stored(param, stored):
                 saved += n
         rings = {name: ring.numel() for name, ring in self.rpg_rings.items()}
         ring_dof = sum(rings.values())

@@ -14,26 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from architectures import ARCHITECTURES, build, logits
+from conftest import train_steps
 from safetensors.torch import load_file, save_file
 
 from hf_rpg import RPGConfig, apply_rpg
 
 MODES = ["replace", "delta"]
 LANGUAGE_MODELS = {"causal", "seq2seq"}
-
-
-def _train(model, batch, steps=5, lr=1e-2) -> list[float]:
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
 
 
 def _greedy(model, batch) -> torch.Tensor:
@@ -72,7 +59,8 @@ def test_architecture(name, mode):
         else:
             assert "rpg_rings.default" in _trainable(model) and len(_trainable(model)) > 1
 
-    losses = _train(model, batch)
+    losses = train_steps(model, batch, steps=5)
+    model.eval()
     assert losses[-1] < losses[0], losses
     if mode == "delta" and arch.kind in LANGUAGE_MODELS:
         with model.disable_rpg(), torch.no_grad():  # the untouched base, though the ring has moved
@@ -100,7 +88,8 @@ def test_fresh_process_reloads_every_architecture_bit_exactly(tmp_path):
         for mode in MODES:
             base = arch.auto_class.from_pretrained(base_dir).eval()
             model = apply_rpg(base, RPGConfig(mode=mode, dof=0.3, seed=2))
-            _train(model, arch.batch(0), steps=2)
+            train_steps(model, arch.batch(0), steps=2)
+            model.eval()
             with torch.no_grad():
                 expected = logits(model, batch)
             out = tmp_path / f"{name}-{mode}"

@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 from architectures import ARCHITECTURES, build
+from conftest import train_steps
 from torch import nn
 
 from hf_rpg import RPGConfig, RPGModel, RPGTargetError, apply_rpg
@@ -75,14 +76,7 @@ def test_delta_mode_on_a_quantized_llama(backend, tmp_path):
     model.train()
     assert torch.equal(model(**batch).logits.detach(), _logits(reference, batch))  # also on the grad path
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(4):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, batch, steps=4)
     assert losses[-1] < losses[0], losses
     assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == ["rpg_rings.default"]
     model.eval()
