@@ -31,10 +31,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+import hf_rpg.ring_autograd  # noqa: E402
 from benchmarks.common import interleaved_medians, machine_info  # noqa: E402
 from benchmarks.sections import _engine  # noqa: E402
 from hf_rpg import index_kernels  # noqa: E402
-from hf_rpg.engine import _GenerateFromRing, _Request  # noqa: E402
+from hf_rpg.ring_autograd import _GenerateFromRing, _Request  # noqa: E402
 
 BEGIN, END = "<!-- index-kernels:begin -->", "<!-- index-kernels:end -->"
 
@@ -47,12 +48,23 @@ def _engine_fns(total: int, size: int, cache: bool) -> dict:
     grads = [torch.randn(t.shape) for t in layout.targets]
     state = {}
 
+    out = engine._pooled_buffer(sum(r.target.numel for r in requests), ring.dtype, ring.device)
+    # the engine's on-the-fly path goes through the fused kernels now: time the tensor path here
+    uses_kernels = hf_rpg.ring_autograd._kernels_apply
+
     def forward():
-        out = engine._reusable_buffer("default", ring, sum(r.target.numel for r in requests))
-        state["weights"] = _GenerateFromRing.apply(ring, engine, "default", requests, out)
+        hf_rpg.ring_autograd._kernels_apply = lambda engine, ring: False
+        try:
+            state["weights"] = _GenerateFromRing.apply(ring, engine, "default", requests, out)
+        finally:
+            hf_rpg.ring_autograd._kernels_apply = uses_kernels
 
     def backward():
-        torch.autograd.backward(state.pop("weights"), grads)
+        hf_rpg.ring_autograd._kernels_apply = lambda engine, ring: False
+        try:
+            torch.autograd.backward(state.pop("weights"), grads)
+        finally:
+            hf_rpg.ring_autograd._kernels_apply = uses_kernels
         ring.grad = None
 
     return {"forward": forward, "backward": backward, "keep": (engine, root)}

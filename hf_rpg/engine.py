@@ -126,6 +126,9 @@ class WeightEngine:
             for name in self.layout.rings:
                 self._ring_index(name, torch.device(device or "cpu"))
 
+    # Built (and re-encoded) on first use, which may be inside a compiled graph: the NumPy
+    # uint32 code must run eagerly, never be traced (dynamo has no uint32 shifts).
+    @torch.compiler.disable
     def _ring_index(self, ring_name: str, device: torch.device) -> torch.Tensor:
         """The ring's int32 cache on ``device``, in the layout picked for that device and
         ring dtype (see ``index_encoding``): built from the seed on first use, re-encoded

@@ -6,7 +6,7 @@ import pytest
 import torch
 from architectures import ARCHITECTURES, build
 
-from hf_rpg import RPGConfig, apply_rpg
+from hf_rpg import RPGConfig, apply_rpg, index_encoding
 
 
 @pytest.mark.slow
@@ -35,3 +35,18 @@ def test_compiled_training_and_inference_match_eager():
         after = model(**batch).logits
         assert not torch.allclose(after, before)
         torch.testing.assert_close(compiled(**batch).logits, after, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_model_compiled_before_any_eager_call_matches_eager(monkeypatch):
+    """Index caches are built (and re-encoded) on first use: inside the compiled graph here,
+    run eagerly. The sign-bit layout is forced, so its NumPy re-encoding runs too."""
+    monkeypatch.setattr(index_encoding, "SIGN_BIT_MIN_SIGNED_BYTES", 0)
+    batch = {"input_ids": ARCHITECTURES["gpt2"].batch(0)["input_ids"]}
+    fresh = apply_rpg(build("gpt2"), RPGConfig(dof=0.2, seed=1)).eval()
+    reference = apply_rpg(build("gpt2"), RPGConfig(dof=0.2, seed=1)).eval()
+    assert fresh._engine.index_cache_bytes() == 0
+    with torch.no_grad():
+        compiled = torch.compile(fresh)(**batch).logits
+        torch.testing.assert_close(compiled, reference(**batch).logits, rtol=1e-5, atol=1e-6)
+    assert all(fresh._engine._sign_bit.values()) and fresh._engine._sign_bit
