@@ -126,18 +126,27 @@ class WeightEngine:
             for name in self.layout.rings:
                 self._ring_index(name, torch.device(device or "cpu"))
 
-    # Built (and re-encoded) on first use, which may be inside a compiled graph: the NumPy
-    # uint32 code must run eagerly, never be traced (dynamo has no uint32 shifts).
-    @torch.compiler.disable
     def _ring_index(self, ring_name: str, device: torch.device) -> torch.Tensor:
         """The ring's int32 cache on ``device``, in the layout picked for that device and
-        ring dtype (see ``index_encoding``): built from the seed on first use, re-encoded
+        ring dtype (see ``index_layout``): built from the seed on first use, re-encoded
         only when the device or the ring's dtype changes."""
+        index = self._index.get(ring_name)
+        if (
+            index is not None
+            and index.device == device
+            and self._index_for.get(ring_name) == self._ring_itemsize(ring_name)
+        ):
+            return index
+        return self._prepare_ring_index(ring_name, device)
+
+    # Built (and re-encoded) on first use, which may be inside a compiled graph: the NumPy
+    # uint32 code must run eagerly, never be traced (dynamo has no uint32 shifts). Only this
+    # slow path leaves the graph; the lookup above stays in it.
+    @torch.compiler.disable
+    def _prepare_ring_index(self, ring_name: str, device: torch.device) -> torch.Tensor:
         ring = self.layout.rings[ring_name]
         index = self._index.get(ring_name)
         itemsize = self._ring_itemsize(ring_name)
-        if index is not None and index.device == device and self._index_for.get(ring_name) == itemsize:
-            return index
         was_sign_bit = self._sign_bit.get(ring_name, False)
         if index is None:
             index = build_signed_index(ring.elements, ring.size, self.keys[ring_name], device=device)
