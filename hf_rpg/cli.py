@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import RPGError
-from .report import size_ratio
+from .report import percent, size_ratio
 from .ring_storage import describe
 from .version import __version__
 
@@ -90,14 +90,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     generated = sum(r["elements"] for r in manifest["rings"])
     weights_bytes = files[WEIGHTS_NAME].stat().st_size
     full_report = {"trainable", "model_parameters", "ring_fraction"} <= set(dof)
-    of_model = f", {dof['ring_fraction']:.2%} of the model" if full_report else ""
+    of_model = f", {percent(dof['ring_fraction'])} of the model" if full_report else ""
     lines = [
         f"checkpoint: {args.checkpoint}",
         f"mode: {meta['config']['mode']}    generator: {meta['generator']}    hf_rpg: {meta.get('hf_rpg_version')}",
         f"architecture: {base.get('class') or 'unknown'}"
         + (f"    base model: {base['name_or_path']}" if base.get("name_or_path") else ""),
-        f"ring DoF: {ring_dof:,} ({ring_dof / max(1, generated):.2%} of the generated elements{of_model})    rings: "
-        + ", ".join(f"{r['name']}={r['size']:,}" for r in manifest["rings"]),
+        f"ring DoF: {ring_dof:,} ({percent(ring_dof / max(1, generated))} of the generated elements"
+        f"{of_model})    rings: " + ", ".join(f"{r['name']}={r['size']:,}" for r in manifest["rings"]),
         f"targets: {len(manifest['targets'])} tensors, {generated:,} generated elements",
         f"weights file: {weights_bytes:,} bytes",
     ]
@@ -105,13 +105,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
     lines += [f"ring storage: {r['name']}: {describe(storage.get(r['name']))}" for r in manifest["rings"]]
     if full_report:
         dense_bytes = 4 * dof["model_parameters"]
+        if meta["config"]["mode"] == "delta":
+            versus = "an update: loading also needs the base model"
+        else:
+            versus = f"weights file {size_ratio(max(1, weights_bytes), max(1, dense_bytes))} the dense fp32 weights"
         lines += [
             f"trainable: {dof['trainable']:,}    dense model: {dof['model_parameters']:,} parameters "
-            f"({dense_bytes:,} bytes in fp32)    weights file {size_ratio(max(1, weights_bytes), max(1, dense_bytes))} "
-            "the dense fp32 weights"
+            f"({dense_bytes:,} bytes in fp32)    {versus}"
         ]
     if args.targets:
-        lines += [f"  {t['name']} {t['shape']} ring={t['ring']} gain={t['gain']:.4g}" for t in manifest["targets"]]
+        lines += [
+            f"  {t['name']} {t['shape']} ring={t['ring']} gain={t['gain']:.4g}"
+            + (f" rank={t['rank']} ({t['update']})" if "rank" in t else "")
+            for t in manifest["targets"]
+        ]
     print("\n".join(lines))
     return 0
 

@@ -30,6 +30,9 @@ INDEX_CACHES = ("auto", "int32", "none")
 RING_DTYPES = ("float32", "float64", "bfloat16", "float16")
 WEIGHTS_IN_BACKWARD = ("auto", "regenerate", "keep")
 DEFAULT_RING = "default"
+# rank="auto": the rank of small rings, and the generated elements per ring entry kept for large ones.
+AUTO_RANK = 8
+AUTO_RANK_ELEMENTS_PER_DOF = 4
 # index_cache="auto": an int32 cache up to this many generated elements (1 GiB of indices).
 AUTO_INDEX_CACHE_ELEMENTS = 1 << 28
 # Ring names become safetensors keys and ParameterDict keys: keep them plain.
@@ -105,11 +108,17 @@ class RPGConfig:
             weights' scale (``scale * N(0, 1)``, from the seed); ``"project"`` starts it at
             the least-squares fit of the model's current weights (compress a pretrained
             model onto the ring, then train).
-        target_modules: Modules whose ``weight`` is generated. ``None`` targets every
+        target_modules: Modules whose ``weight`` is generated. ``"all"`` targets every
             ``nn.Linear``, ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose*``, ``nn.Embedding`` and
-            transformers ``Conv1D`` outside the task head(s). As in PEFT, a string is a
-            regex that must match the full module name; a list matches exact names or
-            name suffixes (``"query"`` matches ``"encoder.layer.0.attention.self.query"``).
+            transformers ``Conv1D`` outside the task head(s); ``"all-linear"`` (PEFT's
+            keyword) the linear ones only. ``None`` is ``"all"`` in replace mode; in delta
+            mode it is the architecture's attention query and value projections, as PEFT's
+            LoRA defaults (``hf_rpg.targets.DELTA_DEFAULT_TARGETS``: ``query``/``value``
+            for BERT and ViT, ``q_proj``/``v_proj`` for Llama, Mistral, Qwen, Gemma, OPT...),
+            and ``"all"`` for architectures without an entry (convolutional networks). As
+            in PEFT, a string is a regex that must match the full module name; a list
+            matches exact names or name suffixes (``"query"`` matches
+            ``"encoder.layer.0.attention.self.query"``).
         exclude_modules: Modules never targeted (same matching rules). A tied weight is
             left alone if any of its owners is excluded.
         target_parameters: Raw ``nn.Parameter`` s to generate as well, matched by their
@@ -117,12 +126,26 @@ class RPGConfig:
         rings: Local RPG (the paper's per-stage rings): a map from ring name to a pattern
             over module (or parameter) names. Targets matching no pattern use the ring
             ``"default"``. ``None`` gives one global ring.
+        rank: Delta mode: the rank of each linear layer's update (``rpg-lowrank-v1``). The
+            ring generates a factor ``F`` (``[out, rank]``) and the update is ``F P`` with
+            ``P`` a fixed ``[rank, in]`` sign projection regenerated from the seed: the
+            layer computes ``x Wᵀ + (x Pᵀ) Fᵀ``, two thin products as in LoRA, and no dense
+            update exists in training. ``None`` generates the full update ``ΔW``
+            (``out × in`` elements from the ring). Targets that are not linear layers
+            (embeddings, convolutions, raw parameters) always get a full-rank update.
+            ``"auto"``: ``AUTO_RANK`` (8), raised for a large ring until the factors hold
+            ``AUTO_RANK_ELEMENTS_PER_DOF`` (4) generated elements per ring entry, and capped
+            at each layer's ``min(in, out)``.
         gain: Per-tensor scale of the generated values. ``"auto"`` uses the standard
             deviation of the tensor's current values (its layer's own initialisation, or
             the pretrained weights), falling back to the model's ``initializer_range`` or
             ``1/sqrt(fan_in)`` for a tensor that is all zeros. ``"kaiming_fan_in"`` and
             ``"kaiming_fan_out"`` use ``sqrt(2 / fan)`` (the reference code uses
-            fan-out). A positive float uses that value for every tensor.
+            fan-out). A positive float: in replace mode, that value for every tensor; in
+            delta mode, a multiplier of the update on top of the ``"auto"`` scales,
+            ``ΔW = gain · G(ring)``. The ring starts at zero there, so under Adam a gain
+            acts exactly as a learning-rate multiplier for the ring (``gain=2`` trains as
+            ``lr × 2`` would, weight decay aside): the learning rate alone is the usual knob.
         other_parameters: What happens to parameters that are not generated (biases,
             norms, heads): ``"train"`` keeps them trainable, ``"head"`` trains only the
             new task head(s) and freezes the rest, ``"freeze"`` freezes them all. ``None``
@@ -167,6 +190,7 @@ class RPGConfig:
     exclude_modules: Pattern = None
     target_parameters: Pattern = None
     rings: dict[str, str | list[str]] | None = None
+    rank: int | Literal["auto"] | None = None
     gain: Gain | float = "auto"
     other_parameters: OtherParameters | None = None
     modules_to_save: Pattern = None
@@ -199,6 +223,7 @@ class RPGConfig:
         self.exclude_modules = _check_pattern("exclude_modules", self.exclude_modules)
         self.target_parameters = _check_pattern("target_parameters", self.target_parameters)
         self._validate_rings()
+        self._validate_rank()
         self._validate_gain()
         if self.other_parameters is not None:
             self._check_choice("other_parameters", self.other_parameters, OTHER_PARAMETERS)
@@ -255,6 +280,20 @@ class RPGConfig:
                 )
             checked[name] = _check_pattern(f"rings[{name!r}]", pattern, allow_none=False)
         self.rings = checked
+
+    def _validate_rank(self) -> None:
+        self.rank = _plain_number(self.rank)
+        if self.rank is None:
+            return
+        if self.rank != "auto" and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
+            raise RPGConfigError(
+                f"rank must be a positive int, 'auto' or None (full-rank updates), got {_describe(self.rank)}"
+            )
+        if self.mode != "delta":
+            raise RPGConfigError(
+                f"rank={self.rank} applies to mode='delta' (a low-rank update of frozen weights); "
+                "mode='replace' generates whole weights: use rank=None"
+            )
 
     def _validate_gain(self) -> None:
         gain = self.gain

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from . import index_encoding
 from .errors import RPGStateError
 from .generator import GeneratorKey, build_signed_index, derive_key, signed_indices
+from .lowrank import delta_weight, features, projection
 from .manifest import Layout, TargetLayout
 from .ring_autograd import _GenerateFromRing, _Request, buffer_is_free
 
@@ -294,7 +295,7 @@ class WeightEngine:
         return {tid: self._finish(tid, weight) for tid, weight in raw.items()}
 
     def _finish(self, target_id: int, weight: torch.Tensor) -> torch.Tensor:
-        if self.specs[target_id].serving == "additive":
+        if self.specs[target_id].serving in ("additive", "lowrank"):
             return weight
         dtype, device = self._out_dtype_device(target_id)
         return weight if weight.dtype == dtype and weight.device == device else weight.to(device=device, dtype=dtype)
@@ -306,9 +307,24 @@ class WeightEngine:
         return self._finish(target_id, raw)
 
     def _update(self, target_id: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """``ΔW`` of an additive (quantized-base) target, in ``dtype`` on ``device``."""
-        raw = self._raw([target_id], with_base=False, pooled=not torch.compiler.is_compiling())[target_id]
+        """``ΔW`` of an additive (quantized-base) target, or the factor ``F`` of a low-rank
+        one, in ``dtype`` on ``device``. (Low-rank factors are small: not pooled, so no
+        buffer is held between steps.)"""
+        pooled = self.specs[target_id].serving == "additive" and not torch.compiler.is_compiling()
+        raw = self._raw([target_id], with_base=False, pooled=pooled)[target_id]
         return raw if raw.dtype == dtype and raw.device == device else raw.to(device=device, dtype=dtype)
+
+    def projection(self, target_id: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The fixed projection ``P`` (``[rank, in]``) of a low-rank target, regenerated from
+        the seed at each use (a few thousand sign hashes; nothing is kept between steps)."""
+        target = self.layout.targets[target_id]
+        in_features, _ = features(target.shape, target.kind)
+        return projection(self.seed, target.name, target.rank, in_features, dtype=dtype, device=device)
+
+    def lowrank_delta(self, target_id: int, factor: torch.Tensor) -> torch.Tensor:
+        """The dense update ``F P`` of a low-rank target, in the layout of its weight."""
+        target = self.layout.targets[target_id]
+        return delta_weight(factor, self.projection(target_id, factor.dtype, factor.device), target.kind)
 
     # ------------------------------------------------------------------ inference cache
 
@@ -457,12 +473,13 @@ class WeightEngine:
         if not self.update_enabled:
             return output
         for source in sources.values():
-            if source.serving == "additive":
+            if source.serving in ("additive", "lowrank"):
                 output = self._add_update(source.target_id, args, kwargs, output)
         return output
 
     def _add_update(self, target_id: int, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
-        """``output + x · ΔWᵀ`` for a quantized linear base (its own forward made ``output``)."""
+        """``output + x · ΔWᵀ`` for a quantized linear base, ``output + (x Pᵀ) Fᵀ`` for a
+        low-rank target (the layer's own forward made ``output``)."""
         x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
         if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
             raise RPGStateError(
@@ -474,6 +491,8 @@ class WeightEngine:
         else:
             delta = self._update(target_id, x.dtype, x.device)
             self._keep_live(target_id, delta)
+        if self.specs[target_id].serving == "lowrank":
+            return output + F.linear(F.linear(x, self.projection(target_id, x.dtype, x.device)), delta).to(output.dtype)
         return output + F.linear(x, delta).to(output.dtype)
 
     def _pack(self, tensor: torch.Tensor) -> Any:
@@ -496,7 +515,7 @@ class WeightEngine:
             tuple(tensor.size()),
             tuple(tensor.stride()),
             tensor.storage_offset() - weight.storage_offset(),
-            self.specs[target_id].serving == "additive",
+            self.specs[target_id].serving in ("additive", "lowrank"),
             weight.dtype,
             weight.device,
         )

@@ -454,8 +454,12 @@ def reference_permute(p: int, total: int, key: GeneratorKey) -> int:
             return x
 
 
+def reference_is_negative(q: int, key: GeneratorKey) -> int:
+    """``is_negative`` of one permuted position: 1 for a negative sign, else 0."""
+    return reference_mix32((q >> 32) ^ reference_mix32((q & MASK32) ^ key.sign_key)) >> 31
+
+
 def reference_signed_index(p: int, total: int, ring_size: int, key: GeneratorKey) -> int:
     """``signed_indices`` of one position."""
     q = reference_permute(p, total, key)
-    negative = reference_mix32((q >> 32) ^ reference_mix32((q & MASK32) ^ key.sign_key)) >> 31
-    return q % ring_size + ring_size * negative
+    return q % ring_size + ring_size * reference_is_negative(q, key)

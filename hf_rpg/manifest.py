@@ -17,6 +17,7 @@ from .describe import is_int as _is_int
 from .describe import short
 from .errors import RPGConfigError, RPGManifestMismatchError
 from .generator import MAX_POSITIONS
+from .lowrank import LOWRANK_KINDS, LOWRANK_VERSION, SUPPORTED_LOWRANK, factor_shape
 from .targets import FoundTarget, matches
 
 # Manifest fields are read strictly: a float offset or a string shape is refused rather
@@ -73,7 +74,12 @@ def _finite(data: dict[str, Any], key: str, where: str, default: Any = _MISSING)
 
 @dataclass(frozen=True)
 class TargetLayout:
-    """One generated tensor: elements ``[offset, offset + numel)`` of its ring's positions."""
+    """One generated tensor: elements ``[offset, offset + numel)`` of its ring's positions.
+
+    ``shape`` is the shape of the model's tensor. With a ``rank`` (delta mode, linear
+    layers: ``rpg-lowrank-v1``, see ``hf_rpg.lowrank``) the ring generates the factor ``F``
+    of shape ``generated_shape = [out, rank]`` and the update is ``F P``.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -82,11 +88,17 @@ class TargetLayout:
     gain: float
     kind: str = "parameter"
     tied: tuple[str, ...] = ()
+    rank: int | None = None
+
+    @property
+    def generated_shape(self) -> tuple[int, ...]:
+        """Shape of what the ring generates: the tensor itself, or its low-rank factor."""
+        return self.shape if self.rank is None else factor_shape(self.shape, self.kind, self.rank)
 
     @property
     def numel(self) -> int:
-        """Number of elements (the product of the shape)."""
-        return math.prod(self.shape)
+        """Number of generated elements (the product of ``generated_shape``)."""
+        return math.prod(self.generated_shape)
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest entry as a JSON-serialisable dict."""
@@ -100,6 +112,9 @@ class TargetLayout:
         }
         if self.tied:
             data["tied"] = list(self.tied)
+        if self.rank is not None:
+            data["rank"] = self.rank
+            data["update"] = LOWRANK_VERSION
         return data
 
     @classmethod
@@ -112,14 +127,30 @@ class TargetLayout:
         tied = data.get("tied", [])
         if not isinstance(tied, list) or not all(isinstance(t, str) and t for t in tied):
             raise RPGManifestMismatchError(f"{where}: 'tied' must be a list of parameter names, got {_short(tied)}")
+        kind = _name(data, "kind", where, default="parameter")
+        rank = None
+        if "rank" in data or "update" in data:
+            update = _name(data, "update", where)
+            if update not in SUPPORTED_LOWRANK:
+                raise RPGManifestMismatchError(
+                    f"{where}: update {update!r} is not supported by this hf_rpg (it knows "
+                    f"{', '.join(SUPPORTED_LOWRANK)}); upgrade hf_rpg to load this checkpoint"
+                )
+            rank = _count(data, "rank", where)
+            if rank < 1 or kind not in LOWRANK_KINDS or len(shape) != 2:
+                raise RPGManifestMismatchError(
+                    f"{where}: a low-rank target needs rank >= 1, a 2-D shape and kind in {LOWRANK_KINDS}, got "
+                    f"rank {rank}, shape {_short(shape)}, kind {kind!r}"
+                )
         return cls(
             name=_name(data, "name", where),
             shape=tuple(shape),
             ring=_name(data, "ring", where),
             offset=_count(data, "offset", where),
             gain=_finite(data, "gain", where),
-            kind=_name(data, "kind", where, default="parameter"),
+            kind=kind,
             tied=tuple(tied),
+            rank=rank,
         )
 
 
@@ -284,13 +315,22 @@ def allocate_dof(dof: int | float, elements: dict[str, int]) -> dict[str, int]:
     return sizes
 
 
-def ring_scales(targets: list[FoundTarget], rings: list[str], gains: list[float]) -> dict[str, float]:
+def generated_numel(target: FoundTarget, rank: int | None) -> int:
+    """Elements the ring generates for ``target``: the tensor, or its ``[out, rank]`` factor."""
+    return target.numel if rank is None else math.prod(factor_shape(target.shape, target.kind, rank))
+
+
+def ring_scales(
+    targets: list[FoundTarget], rings: list[str], gains: list[float], ranks: list[int | None] | None = None
+) -> dict[str, float]:
     """Element-weighted RMS of the absolute gains of each ring's targets."""
+    ranks = ranks if ranks is not None else [None] * len(targets)
     sums: dict[str, list[float]] = {}
-    for target, ring, gain in zip(targets, rings, gains, strict=True):
+    for target, ring, gain, rank in zip(targets, rings, gains, ranks, strict=True):
         acc = sums.setdefault(ring, [0.0, 0.0])
-        acc[0] += target.numel * gain * gain
-        acc[1] += target.numel
+        numel = generated_numel(target, rank)
+        acc[0] += numel * gain * gain
+        acc[1] += numel
     return {ring: _round32(math.sqrt(acc[0] / acc[1])) for ring, acc in sums.items()}
 
 
@@ -299,22 +339,32 @@ def _round32(value: float) -> float:
     return float(struct.unpack("f", struct.pack("f", value))[0])
 
 
-def build_layout(targets: list[FoundTarget], rings: list[str], gains: list[float], config: RPGConfig) -> Layout:
+def build_layout(
+    targets: list[FoundTarget],
+    rings: list[str],
+    gains: list[float],
+    config: RPGConfig,
+    ranks: list[int | None] | None = None,
+) -> Layout:
     """Lay the targets out on their rings in discovery order and size the rings.
 
     ``gains`` are absolute (the scale each tensor expects); the manifest stores them
-    relative to their ring's scale.
+    relative to their ring's scale. ``ranks``: each target's low-rank factor rank, or
+    ``None`` for a full-rank target (all of them when ``ranks`` is ``None``).
     """
-    scales = ring_scales(targets, rings, gains)
+    ranks = ranks if ranks is not None else [None] * len(targets)
+    scales = ring_scales(targets, rings, gains, ranks)
+    # delta mode: a float gain scales the update (ring values stay on the weights' scale)
+    multiplier = config.gain if config.mode == "delta" and isinstance(config.gain, float) else 1.0
     offsets: dict[str, int] = {}
     entries = []
-    for target, ring, gain in zip(targets, rings, gains, strict=True):
+    for target, ring, gain, rank in zip(targets, rings, gains, ranks, strict=True):
         offset = offsets.get(ring, 0)
-        numel = target.numel
+        numel = generated_numel(target, rank)
         offsets[ring] = offset + numel
         tied = tuple(o.path for o in target.owners if o.path != target.name)
-        relative = _round32(gain / scales[ring])
-        entries.append(TargetLayout(target.name, target.shape, ring, offset, relative, target.kind, tied))
+        relative = _round32(multiplier * gain / scales[ring])
+        entries.append(TargetLayout(target.name, target.shape, ring, offset, relative, target.kind, tied, rank))
     for ring, elements in offsets.items():
         if elements > MAX_POSITIONS:
             raise RPGConfigError(f"ring {ring!r} would generate {elements} elements; at most 2**62 are supported")

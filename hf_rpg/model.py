@@ -16,13 +16,14 @@ from torch import nn
 
 from .base_model import build_base_model
 from .checkpoint import RING_PREFIX, check_weights_file, load_tensors, read_metadata, save_checkpoint, stored_entries
-from .config import AUTO_INDEX_CACHE_ELEMENTS, RPGConfig
+from .config import AUTO_INDEX_CACHE_ELEMENTS, AUTO_RANK, AUTO_RANK_ELEMENTS_PER_DOF, RPGConfig
 from .engine import TargetSpec, WeightEngine
 from .errors import RPGConfigError, RPGManifestMismatchError, RPGStateError, RPGTargetError
 from .files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
 from .generator import ring_normal_init
 from .hub import push_to_hub
-from .manifest import Layout, assign_rings, build_layout
+from .lowrank import LOWRANK_KINDS, features
+from .manifest import Layout, TargetLayout, assign_rings, build_layout
 from .metadata import binding_digest
 from .parametrize import GeneratedSource, attach, detach, is_generated, original_class
 from .quantized import additive_layer_supported, dequantize, is_distributed_tensor, quantization_of
@@ -70,7 +71,7 @@ def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str
         _check_servable(target, config)
     rings = assign_rings(targets, config)
     gains = [_gain(target, config, model) for target in targets]
-    layout = build_layout(targets, rings, gains, config)
+    layout = build_layout(targets, rings, gains, config, _ranks(targets, config))
     ring_init = "zeros" if config.mode == "delta" else config.init
     wrapped = RPGModel._wrap(model, config, layout, targets, ring_init, device=device)
     if on_meta:
@@ -133,13 +134,17 @@ def _check_servable(target: FoundTarget, config: RPGConfig) -> None:
 
 
 def _gain(target: FoundTarget, config: RPGConfig, model: nn.Module) -> float:
-    """The scale of a generated tensor (see ``RPGConfig.gain``)."""
-    if isinstance(config.gain, float):
-        return config.gain
+    """The scale of a generated tensor (see ``RPGConfig.gain``). In delta mode a float gain
+    multiplies the ``"auto"`` scales (``build_layout`` applies it), so it is not used here."""
+    rule = config.gain
+    if isinstance(rule, float):
+        if config.mode != "delta":
+            return rule
+        rule = "auto"
     fan_in, fan_out = fans(target.shape, target.kind)
-    if config.gain == "kaiming_fan_in":
+    if rule == "kaiming_fan_in":
         return math.sqrt(2.0 / fan_in)
-    if config.gain == "kaiming_fan_out":
+    if rule == "kaiming_fan_out":
         return math.sqrt(2.0 / fan_out)
     values = target.param if target.quantization is None else dequantize(target.layer, target.param)
     std = tensor_std(values) if values.device.type != "meta" else 0.0
@@ -149,6 +154,31 @@ def _gain(target: FoundTarget, config: RPGConfig, model: nn.Module) -> float:
     if isinstance(initializer_range, (int, float)) and initializer_range > 0:
         return float(initializer_range)
     return 1.0 / math.sqrt(fan_in)
+
+
+def _lowrank_eligible(target: FoundTarget) -> bool:
+    """``config.rank`` applies to the ``weight`` of linear layers (dense or quantized, one owner)."""
+    return (
+        target.kind in LOWRANK_KINDS
+        and len(target.owners) == 1
+        and target.owners[0].attr == "weight"
+        and len(target.shape) == 2
+    )
+
+
+def _ranks(targets: list[FoundTarget], config: RPGConfig) -> list[int | None]:
+    """Each target's low-rank factor rank, or None for a full-rank update."""
+    if config.rank is None:
+        return [None] * len(targets)
+    eligible = [_lowrank_eligible(t) for t in targets]
+    rank = config.rank
+    if rank == "auto":
+        outs = sum(features(t.shape, t.kind)[1] for t, ok in zip(targets, eligible, strict=True) if ok)
+        rank = AUTO_RANK
+        if isinstance(config.dof, int) and outs:
+            rank = max(rank, math.ceil(AUTO_RANK_ELEMENTS_PER_DOF * config.dof / outs))
+        return [min(rank, *features(t.shape, t.kind)) if ok else None for t, ok in zip(targets, eligible, strict=True)]
+    return [rank if ok else None for ok in eligible]
 
 
 def _rowwise(target: FoundTarget, config: RPGConfig) -> bool:
@@ -171,6 +201,9 @@ def _rowwise(target: FoundTarget, config: RPGConfig) -> bool:
 
 def _caches_indices(config: RPGConfig, layout: Layout) -> bool:
     if config.index_cache == "auto":
+        # low-rank factors are small: their indices are computed on the fly, nothing is kept
+        if all(t.rank is not None for t in layout.targets):
+            return False
         return layout.generated_elements <= AUTO_INDEX_CACHE_ELEMENTS
     return config.index_cache == "int32"
 
@@ -181,10 +214,12 @@ def _regenerates(config: RPGConfig, layout: Layout) -> bool:
     return config.weights_in_backward == "regenerate"
 
 
-def _serving(target: FoundTarget, config: RPGConfig) -> str:
+def _serving(target: FoundTarget, config: RPGConfig, entry: TargetLayout) -> str:
     """How a target is served (see ``hf_rpg.parametrize``)."""
     if config.mode != "delta":
         return "replace"
+    if entry.rank is not None:
+        return "lowrank"
     return "additive" if target.quantization is not None else "merged"
 
 
@@ -343,8 +378,8 @@ class RPGModel(nn.Module):
         self._targets = [list(t.owners) for t in targets]
         self._unloaded = False
         delta = config.mode == "delta"
-        rowwise = {i for i, t in enumerate(targets) if _rowwise(t, config)}
-        serving = [_serving(t, config) for t in targets]
+        rowwise = {i for i, t in enumerate(targets) if _rowwise(t, config) and layout.targets[i].rank is None}
+        serving = [_serving(t, config, layout.targets[i]) for i, t in enumerate(targets)]
         specs = [
             TargetSpec(
                 dtype=t.param.dtype if t.quantization is None else torch.float32,
@@ -568,9 +603,15 @@ class RPGModel(nn.Module):
         self._engine.clear_cache()
 
     def generated_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """``(name, tensor)`` of every generated weight, as the model currently sees it."""
+        """``(name, tensor)`` of every generated weight, as the model currently sees it:
+        the weight itself (replace mode, delta mode on a dense full-rank target), or the
+        dense update ``ΔW`` added to the layer's output (quantized bases, low-rank
+        targets; the low-rank update made dense here, in the layout of the layer's weight)."""
         for tid, entry in enumerate(self.layout.targets):
-            yield entry.name, self._engine.tensor(tid)
+            tensor = self._engine.tensor(tid)
+            if self._engine.specs[tid].serving == "lowrank":
+                tensor = self._engine.lowrank_delta(tid, tensor)
+            yield entry.name, tensor
 
     # ------------------------------------------------------------------ accounting
 
@@ -635,8 +676,10 @@ class RPGModel(nn.Module):
             other_trainable=other_trainable,
             trainable=trainable_rings + other_trainable,
             frozen=frozen,
-            model_parameters=self.layout.generated_elements + others,
+            # the targets' own sizes: a low-rank target generates fewer elements than it has
+            model_parameters=sum(math.prod(t.shape) for t in self.layout.targets) + others,
             stored_parameters=ring_dof + saved,
+            mode=self.rpg_config.mode,
         )
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -645,7 +688,8 @@ class RPGModel(nn.Module):
         return report.trainable, report.model_parameters
 
     def print_trainable_parameters(self) -> None:
-        """Print ring DoF, trainable parameters and the compression ratio."""
+        """Print PEFT's line (``trainable params: … || all params: … || trainable%: …``),
+        then the ring's DoF and what a checkpoint stores."""
         print(self.dof_report())
 
     # ------------------------------------------------------------------ saving / loading
@@ -706,17 +750,28 @@ class RPGModel(nn.Module):
         is unusable afterwards.
         """
         self._check_usable()
+        engine = self._engine
         with torch.no_grad():
-            weights = self._engine.generate(list(range(len(self.layout.targets))))
-        additive = {
-            tid: (owners[0], weights.pop(tid))
-            for tid, owners in enumerate(self._targets)
-            if self._engine.specs[tid].serving == "additive"
-        }
-        params = {tid: nn.Parameter(w.detach().clone()) for tid, w in weights.items()}
-        params.update({tid: owner.module._parameters[owner.attr] for tid, (owner, _) in additive.items()})
+            weights = engine.generate(list(range(len(self.layout.targets))))
+            params: dict[int, nn.Parameter] = {}
+            dense_layers: dict[int, tuple[Owner, torch.Tensor]] = {}  # quantized bases: become nn.Linear
+            for tid, weight in weights.items():
+                owner = self._targets[tid][0]
+                serving = engine.specs[tid].serving
+                if serving == "lowrank":
+                    weight = engine.lowrank_delta(tid, weight)
+                    base = engine._base(tid)
+                    if quantization_of(base) is None:
+                        params[tid] = nn.Parameter((base.to(weight.dtype) + weight).to(base.dtype))
+                        continue
+                    serving = "additive"
+                if serving == "additive":
+                    dense_layers[tid] = (owner, weight)
+                    params[tid] = owner.module._parameters[owner.attr]
+                else:
+                    params[tid] = nn.Parameter(weight.detach().clone())
         model = self._unload(params)
-        for owner, delta in additive.values():
+        for owner, delta in dense_layers.values():
             _replace_with_dense_linear(model, owner, delta)
         return model
 

@@ -38,7 +38,9 @@ _SOURCES = "_rpg_sources"
 _ORIGINAL_CLASS = "_rpg_original_class"
 _CLASS_CACHE: dict[tuple[type, frozenset[tuple[str, str]], bool], type] = {}
 
-Serving = Literal["replace", "merged", "additive"]
+Serving = Literal["replace", "merged", "additive", "lowrank"]
+# Served by adding the update to the layer's own output: the attribute stays the base Parameter.
+ADDED_TO_OUTPUT = ("additive", "lowrank")
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ def _generated_class(base: type, sources: dict[str, GeneratedSource]) -> type:
     cls = _CLASS_CACHE.get(key)
     if cls is None:
         namespace: dict[str, Any] = {
-            attr: _generated_property(attr) for attr, serving in sorted(attrs) if serving != "additive"
+            attr: _generated_property(attr) for attr, serving in sorted(attrs) if serving not in ADDED_TO_OUTPUT
         }
         namespace["__setattr__"] = _refuse_assignment(base)
         namespace["forward"] = _owner_forward(base, rowwise)

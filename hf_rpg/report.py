@@ -18,6 +18,8 @@ class DoFReport:
         frozen: Frozen parameters (in delta mode, the pretrained weights under the update).
         model_parameters: Size of the equivalent dense model.
         stored_parameters: Parameters a checkpoint stores (rings plus saved non-generated ones).
+        mode: ``"replace"`` (the checkpoint is the whole model) or ``"delta"`` (it is an
+            update: loading needs the base model too).
     """
 
     ring_dof: int
@@ -28,6 +30,7 @@ class DoFReport:
     frozen: int
     model_parameters: int
     stored_parameters: int
+    mode: str = "replace"
 
     @property
     def dof_fraction(self) -> float:
@@ -53,6 +56,7 @@ class DoFReport:
     def to_dict(self) -> dict:
         """The fields plus the derived fractions and ratio, as a JSON-serialisable dict."""
         data = asdict(self)
+        data.pop("mode")  # recorded in the config beside it; every value here is a number
         data.update(
             dof_fraction=self.dof_fraction,
             ring_fraction=self.ring_fraction,
@@ -61,14 +65,45 @@ class DoFReport:
         )
         return data
 
-    def __str__(self) -> str:
+    def peft_line(self) -> str:
+        """PEFT's ``print_trainable_parameters`` line: trainable, all, trainable%. "all" is
+        every parameter the model computes with: in delta mode the base plus the ring(s)
+        (as PEFT counts base plus adapter), in replace mode the dense model they stand for."""
+        total = self.model_parameters + (self.ring_dof if self.mode == "delta" else 0)
         return (
-            f"ring DoF: {self.ring_dof:,} ({self.dof_fraction:.2%} of {self.generated_elements:,} generated, "
-            f"{self.ring_fraction:.2%} of all {self.model_parameters:,}) || "
-            f"trainable params: {self.trainable:,} ({self.trainable_fraction:.2%}) || "
-            f"stored params: {self.stored_parameters:,} || "
-            f"{size_ratio(self.stored_parameters, self.model_parameters)} the dense model"
+            f"trainable params: {self.trainable:,} || all params: {total:,} || "
+            f"trainable%: {100 * self.trainable / max(1, total):.4f}"
         )
+
+    def rpg_line(self) -> str:
+        """The ring and what a checkpoint holds, in words that fit either mode."""
+        ring = (
+            f"ring DoF: {self.ring_dof:,} ({percent(self.dof_fraction)} of {self.generated_elements:,} generated, "
+            f"{percent(self.ring_fraction)} of all {self.model_parameters:,})"
+        )
+        if self.mode == "delta":
+            stored = (
+                f"stored params: {self.stored_parameters:,} (an update: loading also needs the base model's "
+                f"{self.frozen:,} frozen parameters)"
+            )
+        else:
+            stored = (
+                f"stored params: {self.stored_parameters:,} || "
+                f"{size_ratio(self.stored_parameters, self.model_parameters)} the dense model"
+            )
+        return f"{ring} || {stored}"
+
+    def __str__(self) -> str:
+        return f"{self.peft_line()}\n{self.rpg_line()}"
+
+
+def percent(fraction: float) -> str:
+    """A fraction as a percentage that never reads "0.00%" for a small non-zero value:
+    two decimals from 1% up, three significant digits below (``"0.00451%"``)."""
+    if fraction == 0:
+        return "0%"
+    value = 100 * fraction
+    return f"{value:.2f}%" if abs(value) >= 1 else f"{value:.3g}%"
 
 
 def size_ratio(size: float, reference: float) -> str:

@@ -151,7 +151,7 @@ class _GenerateFromRing(torch.autograd.Function):
                 base = base.to(values.dtype)
             for start, length in _chunks(target.numel, max(1, workers * target.numel // total)):
                 jobs.append(_gather_job(table, sign_bit, index, values, start, length, target.gain, base))
-            outputs.append(values.view(target.shape))
+            outputs.append(values.view(target.generated_shape))
         _run(workers, jobs)
         return tuple(outputs)
 
@@ -206,7 +206,7 @@ def _kernel_gather(
         values = index_kernels.generate_span(ring, key, total, target.offset, target.numel, target.gain, out=values)
         if request.base is not None:
             values.add_(request.base.reshape(-1).to(values.dtype))
-        outputs.append(values.view(target.shape))
+        outputs.append(values.view(target.generated_shape))
     return tuple(outputs)
 
 
@@ -269,7 +269,7 @@ def _fused_gather(
     based = [(v, r.base.reshape(-1).to(v.dtype)) for v, r in zip(views, requests, strict=True) if r.base is not None]
     if based:
         torch._foreach_add_([v for v, _ in based], [b for _, b in based])
-    return tuple(v.view(t.shape) for v, t in zip(views, targets, strict=True))
+    return tuple(v.view(t.generated_shape) for v, t in zip(views, targets, strict=True))
 
 
 def _fused_scatter(

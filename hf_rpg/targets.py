@@ -38,6 +38,58 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
+# Delta mode's default targets per architecture (``config.model_type``), as PEFT's LoRA
+# defaults: the attention's query and value projections. Measured in benchmarks/quality.md:
+# at the same ring size these beat every linear layer plus the embeddings. Architectures
+# not listed (convolutional networks, unknown models) target every layer hf_rpg generates.
+DELTA_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        ("bert", "roberta", "xlm-roberta", "camembert", "electra", "albert", "ernie", "megatron-bert"),
+        ("query", "value"),
+    ),
+    **dict.fromkeys(("vit", "deit", "vit_mae", "dinov2", "beit", "data2vec-vision"), ("q_proj", "v_proj")),
+    "swin": ("query", "value"),
+    "distilbert": ("q_lin", "v_lin"),
+    "deberta": ("in_proj",),
+    "deberta-v2": ("query_proj", "value_proj"),
+    **dict.fromkeys(("t5", "mt5", "umt5", "mpnet"), ("q", "v")),
+    **dict.fromkeys(("gpt2", "gpt_bigcode"), ("c_attn",)),
+    **dict.fromkeys(("gpt_neox", "bloom", "falcon"), ("query_key_value",)),
+    "mpt": ("Wqkv",),
+    "phi3": ("qkv_proj",),
+    **dict.fromkeys(
+        (
+            "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3",
+            "gemma3_text", "phi", "opt", "gptj", "stablelm", "starcoder2", "olmo", "olmo2", "cohere", "granite",
+            "bart", "mbart", "marian", "pegasus", "whisper", "wav2vec2", "hubert", "siglip", "clip", "smollm3",
+        ),
+        ("q_proj", "v_proj"),
+    ),
+}  # fmt: skip
+# Names tried, in order, for a transformers model whose type has no entry (or whose modules
+# are named otherwise than its entry says, as transformers renames them across versions).
+QUERY_VALUE_NAMES = (("q_proj", "v_proj"), ("query", "value"), ("q", "v"))
+# target_modules keywords: PEFT's "all-linear", and hf_rpg's "all" (every layer it generates).
+ALL_LINEAR = "all-linear"
+ALL_LAYERS = "all"
+
+
+def default_delta_targets(model: nn.Module) -> list[str] | None:
+    """Delta mode's default ``target_modules`` for ``model``: its architecture's entry in
+    ``DELTA_DEFAULT_TARGETS``, else the first of ``QUERY_VALUE_NAMES`` it has, for a
+    transformers model; None (every layer hf_rpg generates) for any other model, or a
+    transformers model without such modules (convolutional networks)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if not isinstance(model_type, str):
+        return None
+    names = {name.rpartition(".")[2] for name, _ in model.named_modules()}
+    entry = DELTA_DEFAULT_TARGETS.get(model_type)
+    for candidate in ((entry,) if entry else ()) + QUERY_VALUE_NAMES:
+        if all(t in names for t in candidate):
+            return list(candidate)
+    return None
+
+
 def matches(name: str, pattern: str | list[str] | None) -> bool:
     """PEFT's rule: a string is a regex over the full name, a list holds names or suffixes."""
     if pattern is None:
@@ -196,12 +248,26 @@ def _parameter_owners(model: nn.Module) -> dict[int, list[Owner]]:
     return owners
 
 
-def _module_selected(name: str, module: nn.Module, config: RPGConfig, heads: set[int]) -> bool:
+def resolved_target_modules(model: nn.Module, config: RPGConfig) -> str | list[str] | None:
+    """``config.target_modules`` with its defaults filled in: ``None`` stands for every
+    layer hf_rpg generates (``"all"``), ``"all-linear"`` stays a keyword; in delta mode
+    ``None`` means the architecture's entry in ``DELTA_DEFAULT_TARGETS`` when it has one."""
+    if config.target_modules is None and config.mode == "delta":
+        return default_delta_targets(model)
+    if config.target_modules == ALL_LAYERS:
+        return None
+    return config.target_modules
+
+
+def _module_selected(name: str, module: nn.Module, pattern: str | list[str] | None, heads: set[int]) -> bool:
     if is_norm(module):
         return False
-    if config.target_modules is None:
+    if pattern is None:
         return isinstance(module, DEFAULT_TARGET_TYPES) and id(module) not in heads
-    return matches(name, config.target_modules)
+    if pattern == ALL_LINEAR:
+        linear = (nn.Linear,) + ((Conv1D,) if Conv1D is not None else ())
+        return isinstance(module, linear) and id(module) not in heads
+    return matches(name, pattern)
 
 
 def find_targets(model: nn.Module, config: RPGConfig) -> list[FoundTarget]:
@@ -211,11 +277,12 @@ def find_targets(model: nn.Module, config: RPGConfig) -> list[FoundTarget]:
     """
     canonical = {id(p): n for n, p in model.named_parameters()}
     owners = _parameter_owners(model)
-    heads = head_modules(model) if config.target_modules is None else set()
+    pattern = resolved_target_modules(model, config)
+    heads = head_modules(model) if pattern is None or pattern == ALL_LINEAR else set()
     found: dict[int, FoundTarget] = {}
 
     for name, module in model.named_modules():
-        if not _module_selected(name, module, config, heads):
+        if not _module_selected(name, module, pattern, heads):
             continue
         for owner_module, attr in _weight_slots(module):
             param = owner_module._parameters[attr]

@@ -20,6 +20,13 @@ from safetensors.torch import load_file, save_file
 from hf_rpg import RPGConfig, apply_rpg
 
 MODES = ["replace", "delta"]
+# delta mode with its defaults (the attention's query and value projections where the
+# architecture has them), and on every layer hf_rpg generates (embeddings, convolutions...)
+VARIANTS = {
+    "replace": {"mode": "replace"},
+    "delta": {"mode": "delta"},
+    "delta-all": {"mode": "delta", "target_modules": "all"},
+}
 LANGUAGE_MODELS = {"causal", "seq2seq"}
 
 
@@ -32,14 +39,15 @@ def _trainable(model) -> list[str]:
     return sorted(n for n, p in model.named_parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
-def test_architecture(name, mode):
+def test_architecture(name, variant):
     arch = ARCHITECTURES[name]
     base = build(name)
     reference = copy.deepcopy(base)
     batch = arch.batch(0)
-    model = apply_rpg(base, RPGConfig(mode=mode, dof=0.3, seed=1))
+    mode = VARIANTS[variant]["mode"]
+    model = apply_rpg(base, RPGConfig(dof=0.3, seed=1, **VARIANTS[variant]))
     out = model(**batch)
     assert out.logits.shape == reference(**batch).logits.shape and torch.isfinite(out.loss)
 

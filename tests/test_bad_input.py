@@ -63,6 +63,10 @@ FIELD_CASES = {
         ("attn", r"rings must be None or a non-empty dict .* got 'attn' \(str\)"),
         ({"attn": []}, r"rings\['attn'\] must not be an empty list"),
     ),
+    "rank": (
+        ("8", r"rank must be a positive int, 'auto' or None \(full-rank updates\), got '8' \(str\)"),
+        (0, r"rank must be a positive int, 'auto' or None \(full-rank updates\), got 0"),
+    ),
     "gain": (
         ([1.0], r"gain must be one of 'auto', 'kaiming_fan_in', 'kaiming_fan_out' or a positive finite float, got \["),
         (float("inf"), r"gain must be one of .* or a positive finite float, got inf"),

@@ -42,7 +42,7 @@ def test_each_generated_weight_has_its_own_targets_dtype(mode):
     for block in base.encoder.block + base.decoder.block:
         block.layer[-1].DenseReluDense.wo.float()
     reference = copy.deepcopy(base)
-    model = apply_rpg(base, RPGConfig(mode=mode, dof=0.3))
+    model = apply_rpg(base, RPGConfig(mode=mode, dof=0.3, target_modules="all"))
     assert {r.dtype for r in model.rpg_rings.values()} == {torch.float32}
     dtypes = {name: weight.dtype for name, weight in model.generated_weights()}
     assert {d for n, d in dtypes.items() if ".wo." in n} == {torch.float32}

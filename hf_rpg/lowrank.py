@@ -1,0 +1,80 @@
+"""``rpg-lowrank-v1``: low-rank delta updates whose factor is generated from the ring.
+
+A target with ``rank = r`` (a linear layer, ``y = x Wᵀ + b`` with ``W`` of shape
+``[out, in]``) gets the update ``ΔW = F P``:
+
+- ``F`` (``[out, r]``) is generated from the ring by ``rpg-v1`` exactly as a full-rank
+  target of that shape would be (its positions on the ring, the ring's permutation, signs
+  and the target's gain): it is what trains.
+- ``P`` (``[r, in]``) is a fixed projection, ``P[k, j] = s(k · in + j) / sqrt(r)``, with
+  the ``rpg-v1`` sign function ``s`` under the key ``derive_key(seed, "rpg-lowrank-v1/" +
+  target name)``. It is regenerated from the seed whenever it is needed and never stored.
+
+The layer computes ``x Wᵀ + ((x Pᵀ) Fᵀ)``: two thin matrix products, as LoRA does, so the
+cost and memory follow the rank, not the layer's size, and no dense ``ΔW`` is ever made in
+training. With the ring at zero the update is exactly zero. ``1/sqrt(r)`` makes an entry of
+``ΔW`` as large as one ring value, as in a full-rank target, whatever the rank, so the same
+learning rate moves the update by the same amount. ``docs/generator.md`` is the full
+specification; the golden vectors in ``tests/test_lowrank.py`` pin it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .generator import derive_key, is_negative, reference_is_negative
+
+LOWRANK_VERSION = "rpg-lowrank-v1"
+SUPPORTED_LOWRANK = (LOWRANK_VERSION,)
+# Kinds of target a rank applies to (their weight is a 2-D linear map).
+LOWRANK_KINDS = ("linear", "conv1d_transposed")
+
+
+def features(shape: tuple[int, ...], kind: str) -> tuple[int, int]:
+    """``(in_features, out_features)`` of a linear target's weight of ``shape``
+    (transformers' ``Conv1D`` stores its weight as ``[in, out]``)."""
+    if len(shape) != 2:
+        raise ValueError(f"a low-rank target needs a 2-D weight, got shape {list(shape)}")
+    if kind == "conv1d_transposed":
+        return shape[0], shape[1]
+    return shape[1], shape[0]
+
+
+def factor_shape(shape: tuple[int, ...], kind: str, rank: int) -> tuple[int, int]:
+    """Shape of the generated factor ``F``: ``[out, rank]``."""
+    return features(shape, kind)[1], rank
+
+
+def projection_key_name(target_name: str) -> str:
+    """The name the projection's key is derived from (with the model's seed)."""
+    return f"{LOWRANK_VERSION}/{target_name}"
+
+
+def projection(
+    seed: int,
+    target_name: str,
+    rank: int,
+    in_features: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The fixed projection ``P`` (``[rank, in_features]``) of a low-rank target."""
+    key = derive_key(seed, projection_key_name(target_name))
+    positions = torch.arange(rank * in_features, dtype=torch.int64, device=device)
+    negative = is_negative(positions, key)
+    values = (1 - 2 * negative).to(dtype) * (1.0 / math.sqrt(rank))
+    return values.view(rank, in_features)
+
+
+def reference_projection_sign(seed: int, target_name: str, k: int, j: int, in_features: int) -> int:
+    """Pure-Python sign (+1 / -1) of ``P[k, j]``: the executable form of the spec."""
+    return 1 - 2 * reference_is_negative(k * in_features + j, derive_key(seed, projection_key_name(target_name)))
+
+
+def delta_weight(factor: torch.Tensor, proj: torch.Tensor, kind: str) -> torch.Tensor:
+    """The dense update ``F P`` in the layout of the layer's own weight."""
+    delta = factor @ proj.to(factor.dtype)
+    return delta.t().contiguous() if kind == "conv1d_transposed" else delta
