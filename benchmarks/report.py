@@ -221,16 +221,40 @@ def _peers(rows: list[dict]) -> str:
             for r in rows
         ],
     )
-    ours = [r for r in rows if r["method"].startswith("hf_rpg")]
-    verdicts = "; ".join(f"{r['method']}: {_verdict(r['ratio'], GOALS['peer_ratio'])}" for r in ours)
     return (
         "## 7. Peers: MiniLM fine-tuning, side by side\n\nall-MiniLM-L6-v2 with a 2-class head, batch 16 x 64 "
         "tokens. The frozen base trains only the classifier but back-propagates through every layer (as any "
-        "adapter must). PEFT methods target query and value; hf_rpg delta is shown on query and value and on "
-        "all linear layers and embeddings, with a ring of 73,728 (LoRA r=8's trainable size). Buffer bytes: "
-        "registered buffers PEFT adds (projections, indices); for hf_rpg, its index cache plus the reusable "
-        f"training buffer.\n\n{table}\n\n{verdicts}."
+        "adapter must). PEFT methods target query and value; hf_rpg delta is shown with its defaults (query "
+        "and value, full rank), with low-rank updates (rank='auto') and on every layer (embeddings included), "
+        "with a ring of 73,728 "
+        "(LoRA r=8's trainable size) unless the row says otherwise. Buffer bytes: registered buffers PEFT adds "
+        "(projections, indices); for hf_rpg, its index cache plus the reusable training buffers.\n\n"
+        f"{table}\n\n{_peer_verdicts(rows)}"
     )
+
+
+def _peer_verdicts(rows: list[dict]) -> str:
+    """hf_rpg's defaults and its low-rank option against LoRA at the same trainable count:
+    step ratio <= LoRA's, and bytes added (adapter file plus buffers) <= LoRA's + 10%."""
+    lines = []
+    by_trainable = {r["trainable"]: r for r in rows if r["method"].startswith("LoRA")}
+    for row in rows:
+        if not row["method"].startswith(("hf_rpg delta, defaults", "hf_rpg delta, rank=")):
+            continue
+        lora = by_trainable.get(row["trainable"])
+        if lora is None:
+            lines.append(f"- {row['method']}: no LoRA row with {row['trainable']:,} trainable parameters")
+            continue
+        added = row["adapter_bytes"] + row["buffer_bytes"]
+        lora_added = lora["adapter_bytes"] + lora["buffer_bytes"]
+        step = "met" if row["ratio"] <= lora["ratio"] else f"missed by {100 * (row['ratio'] / lora['ratio'] - 1):.1f}%"
+        memory = "met" if added <= 1.1 * lora_added else f"missed by {100 * (added / (1.1 * lora_added) - 1):.1f}%"
+        lines.append(
+            f"- {row['method']} vs {lora['method']} (both {row['trainable']:,} trainable): step ratio "
+            f"{row['ratio']:.3f} vs {lora['ratio']:.3f}, {step} (goal <= LoRA's); bytes added (adapter file + "
+            f"buffers) {added:,} vs {lora_added:,}, {memory} (goal <= LoRA's + 10%)"
+        )
+    return "\n".join(lines)
 
 
 def render(results: dict) -> str:

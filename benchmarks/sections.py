@@ -31,6 +31,7 @@ from hf_rpg.manifest import Layout, RingLayout, TargetLayout
 from hf_rpg.ring_autograd import _GenerateFromRing, _Request
 
 LORA_R8_MINILM = 73_728  # LoRA r=8 on query and value of MiniLM: 6 layers x 2 x 8 x (384 + 384)
+LORA_R1_MINILM = LORA_R8_MINILM // 8
 
 
 # ------------------------------------------------------------------------------ 1. step time
@@ -431,6 +432,7 @@ def _peft_models():
     qv = ["query", "value"]
     configs = {
         "LoRA r=8": ("LoraConfig", {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0}),
+        "LoRA r=1": ("LoraConfig", {"r": 1, "lora_alpha": 2, "lora_dropout": 0.0}),
         "VeRA r=256": ("VeraConfig", {"r": 256, "vera_dropout": 0.0}),
         "VB-LoRA": ("VBLoRAConfig", {"r": 4, "num_vectors": 256, "vector_length": 128, "vblora_dropout": 0.0}),
         "UniLoRA": ("UniLoraConfig", {"r": 8, "theta_d_length": LORA_R8_MINILM}),
@@ -492,9 +494,17 @@ def peers_once(repeats: int) -> list[dict]:
             "adapter_bytes": _adapter_bytes(model.save_pretrained),
             "buffer_bytes": tensor_bytes(model.buffers()) - base_buffers,
         }
-    for name, targets in (("hf_rpg delta (query, value)", ["query", "value"]), ("hf_rpg delta (all linear)", None)):
+    # the defaults are query and value, full rank; rank="auto" is the low-rank option
+    rpg_rows = {
+        "hf_rpg delta, defaults": {},
+        "hf_rpg delta, defaults, ring of LoRA r=1's size": {"dof": LORA_R1_MINILM},
+        "hf_rpg delta, rank='auto'": {"rank": "auto"},
+        "hf_rpg delta, rank='auto', ring of LoRA r=1's size": {"rank": "auto", "dof": LORA_R1_MINILM},
+        "hf_rpg delta (every layer), full rank": {"target_modules": "all", "rank": None},
+    }
+    for name, options in rpg_rows.items():
         torch.manual_seed(0)
-        model = apply_rpg(w.build(), RPGConfig(mode="delta", dof=LORA_R8_MINILM, target_modules=targets))
+        model = apply_rpg(w.build(), RPGConfig(mode="delta", **({"dof": LORA_R8_MINILM} | options)))
         model.to(device)
         steps[name] = train_step_fn(model, batch)
         steps[name]()  # builds the reusable buffer, counted below

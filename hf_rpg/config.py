@@ -126,16 +126,20 @@ class RPGConfig:
         rings: Local RPG (the paper's per-stage rings): a map from ring name to a pattern
             over module (or parameter) names. Targets matching no pattern use the ring
             ``"default"``. ``None`` gives one global ring.
-        rank: Delta mode: the rank of each linear layer's update (``rpg-lowrank-v1``). The
-            ring generates a factor ``F`` (``[out, rank]``) and the update is ``F P`` with
-            ``P`` a fixed ``[rank, in]`` sign projection regenerated from the seed: the
-            layer computes ``x Wᵀ + (x Pᵀ) Fᵀ``, two thin products as in LoRA, and no dense
-            update exists in training. ``None`` generates the full update ``ΔW``
-            (``out × in`` elements from the ring). Targets that are not linear layers
-            (embeddings, convolutions, raw parameters) always get a full-rank update.
-            ``"auto"``: ``AUTO_RANK`` (8), raised for a large ring until the factors hold
-            ``AUTO_RANK_ELEMENTS_PER_DOF`` (4) generated elements per ring entry, and capped
-            at each layer's ``min(in, out)``.
+        rank: Delta mode: ``None`` (the default) generates each layer's full update ``ΔW``
+            (``out × in`` elements per layer from the ring). An int or ``"auto"`` makes
+            linear layers' updates low-rank (``rpg-lowrank-v1``): the ring generates a
+            factor ``F`` (``[out, rank]``), the update is ``F P`` with ``P`` a fixed
+            ``[rank, in]`` sign projection regenerated from the seed, and the layer
+            computes ``x Wᵀ + (x Pᵀ) Fᵀ``: two thin products as in LoRA, no dense update in
+            training, a step as cheap as LoRA's. ``"auto"`` is ``AUTO_RANK`` (8), raised
+            for a large ring until the factors hold ``AUTO_RANK_ELEMENTS_PER_DOF`` (4)
+            generated elements per ring entry, and capped at each layer's
+            ``min(in, out)``. ``benchmarks/quality.md`` measures both: full rank is the
+            more accurate at the same ring size, low rank the cheaper. Targets that are
+            not linear layers (embeddings, convolutions, raw parameters) always get a
+            full-rank update; replace mode (whole weights) ignores ``"auto"`` and refuses
+            an int.
         gain: Per-tensor scale of the generated values. ``"auto"`` uses the standard
             deviation of the tensor's current values (its layer's own initialisation, or
             the pretrained weights), falling back to the model's ``initializer_range`` or
@@ -289,7 +293,7 @@ class RPGConfig:
             raise RPGConfigError(
                 f"rank must be a positive int, 'auto' or None (full-rank updates), got {_describe(self.rank)}"
             )
-        if self.mode != "delta":
+        if self.mode != "delta" and self.rank != "auto":
             raise RPGConfigError(
                 f"rank={self.rank} applies to mode='delta' (a low-rank update of frozen weights); "
                 "mode='replace' generates whole weights: use rank=None"

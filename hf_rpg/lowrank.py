@@ -6,15 +6,21 @@ A target with ``rank = r`` (a linear layer, ``y = x Wᵀ + b`` with ``W`` of sha
 - ``F`` (``[out, r]``) is generated from the ring by ``rpg-v1`` exactly as a full-rank
   target of that shape would be (its positions on the ring, the ring's permutation, signs
   and the target's gain): it is what trains.
-- ``P`` (``[r, in]``) is a fixed projection, ``P[k, j] = s(k · in + j) / sqrt(r)``, with
-  the ``rpg-v1`` sign function ``s`` under the key ``derive_key(seed, "rpg-lowrank-v1/" +
-  target name)``. It is regenerated from the seed whenever it is needed and never stored.
+- ``P`` (``[r, in]``) is a fixed projection, ``P[k, j] = s(k · in + j) · sqrt(8) / r``,
+  with the ``rpg-v1`` sign function ``s`` under the key ``derive_key(seed,
+  "rpg-lowrank-v1/" + target name)``. It is regenerated from the seed whenever it is
+  needed and never stored.
 
 The layer computes ``x Wᵀ + ((x Pᵀ) Fᵀ)``: two thin matrix products, as LoRA does, so the
 cost and memory follow the rank, not the layer's size, and no dense ``ΔW`` is ever made in
-training. With the ring at zero the update is exactly zero. ``1/sqrt(r)`` makes an entry of
-``ΔW`` as large as one ring value, as in a full-rank target, whatever the rank, so the same
-learning rate moves the update by the same amount. ``docs/generator.md`` is the full
+training. With the ring at zero the update is exactly zero.
+
+The scale ``sqrt(8) / r`` is LoRA's ``alpha / r`` rule anchored at rank 8: Adam moves every
+entry of ``F`` by about the learning rate per step, and the ``r`` terms of a row of ``F P``
+add up coherently, so dividing by ``r`` makes a step move the layer's output by the same
+amount at any rank, and one learning rate serves every rank (``rank="auto"`` grows the
+rank with the ring). At rank 8 an entry of ``ΔW`` is as large as one ring value (a sum of 8
+signed terms over ``sqrt(8)``), as in a full-rank target. ``docs/generator.md`` is the full
 specification; the golden vectors in ``tests/test_lowrank.py`` pin it.
 """
 
@@ -30,6 +36,8 @@ LOWRANK_VERSION = "rpg-lowrank-v1"
 SUPPORTED_LOWRANK = (LOWRANK_VERSION,)
 # Kinds of target a rank applies to (their weight is a 2-D linear map).
 LOWRANK_KINDS = ("linear", "conv1d_transposed")
+# The rank at which P's scale sqrt(REFERENCE_RANK) / r is 1 / sqrt(r) (see the module docstring).
+REFERENCE_RANK = 8
 
 
 def features(shape: tuple[int, ...], kind: str) -> tuple[int, int]:
@@ -65,7 +73,7 @@ def projection(
     key = derive_key(seed, projection_key_name(target_name))
     positions = torch.arange(rank * in_features, dtype=torch.int64, device=device)
     negative = is_negative(positions, key)
-    values = (1 - 2 * negative).to(dtype) * (1.0 / math.sqrt(rank))
+    values = (1 - 2 * negative).to(dtype) * (math.sqrt(REFERENCE_RANK) / rank)
     return values.view(rank, in_features)
 
 

@@ -168,7 +168,7 @@ def _lowrank_eligible(target: FoundTarget) -> bool:
 
 def _ranks(targets: list[FoundTarget], config: RPGConfig) -> list[int | None]:
     """Each target's low-rank factor rank, or None for a full-rank update."""
-    if config.rank is None:
+    if config.rank is None or config.mode != "delta":  # replace mode generates whole weights
         return [None] * len(targets)
     eligible = [_lowrank_eligible(t) for t in targets]
     rank = config.rank

@@ -10,9 +10,10 @@ from hf_rpg import RPGConfig, apply_rpg, index_encoding
 
 
 @pytest.mark.slow
-def test_compiled_training_and_inference_match_eager():
+@pytest.mark.parametrize("rank", [None, 4], ids=["full-rank", "low-rank"])
+def test_compiled_training_and_inference_match_eager(rank):
     batch = ARCHITECTURES["gpt2"].batch(0)
-    model = apply_rpg(build("gpt2"), RPGConfig(dof=0.2, mode="delta", seed=1))
+    model = apply_rpg(build("gpt2"), RPGConfig(dof=0.2, mode="delta", seed=1, rank=rank))
     ring = model.rpg_rings["default"]
     with torch.no_grad():
         ring.normal_(generator=torch.Generator().manual_seed(0)).mul_(0.02)

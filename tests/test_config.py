@@ -113,3 +113,27 @@ def test_dof_report_fraction_is_of_the_generated_elements():
     assert report.dof_fraction == pytest.approx(0.25, abs=1e-3)
     assert report.ring_fraction < report.dof_fraction  # the model also has other parameters
     assert "25.00% of" in str(report) and report.to_dict()["dof_fraction"] == report.dof_fraction
+
+
+def test_print_trainable_parameters_speaks_peft_and_shows_small_budgets(capsys):
+    from conftest import make_bert_cls
+
+    from hf_rpg import apply_rpg
+
+    base = make_bert_cls()
+    dense = sum(p.numel() for p in base.parameters())
+    head = sum(p.numel() for n, p in base.named_parameters() if n.startswith("classifier"))
+    model = apply_rpg(base, RPGConfig(mode="delta", dof=3))
+    model.print_trainable_parameters()
+    peft_line, rpg_line = capsys.readouterr().out.strip().split("\n")
+    trainable, total = 3 + head, dense + 3  # PEFT counts the base plus the adapter
+    assert peft_line == (
+        f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+    )
+    assert model.get_nb_trainable_parameters() == (trainable, dense)
+    fraction = 3 / model.layout.generated_elements
+    assert f"ring DoF: 3 ({100 * fraction:.3g}% of" in rpg_line and "0.00%" not in rpg_line
+    # a delta checkpoint is an update of its base, not a compressed model
+    assert "smaller than" not in rpg_line and "loading also needs the base model" in rpg_line
+    replace = apply_rpg(make_bert_cls(), RPGConfig(dof=0.25))
+    assert "smaller than the dense model" in replace.dof_report().rpg_line()

@@ -37,7 +37,8 @@ def test_projection_golden_vectors(args, signs):
     seed, name, rank, in_features = args
     values = projection(seed, name, rank, in_features)
     assert values.shape == (rank, in_features) and values.dtype == torch.float32
-    assert torch.equal(values, torch.tensor(signs, dtype=torch.float32).view(rank, in_features) / math.sqrt(rank))
+    scale = math.sqrt(8) / rank  # LoRA's alpha / r rule, anchored at rank 8
+    assert torch.equal(values, torch.tensor(signs, dtype=torch.float32).view(rank, in_features) * scale)
     assert [
         reference_projection_sign(seed, name, k, j, in_features) for k in range(rank) for j in range(in_features)
     ] == signs

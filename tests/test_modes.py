@@ -211,3 +211,30 @@ def test_saving_a_delta_model_without_a_base_reference_warns(tmp_path):
         model.save_pretrained(tmp_path / "delta")
     loaded = RPGModel.from_pretrained(tmp_path / "delta", base_model=make_bert_cls())
     assert torch.equal(loaded.rpg_rings["default"], model.rpg_rings["default"])
+
+
+def test_delta_gain_scales_the_update_as_a_learning_rate_multiplier():
+    """A float gain in delta mode multiplies the update: different gains train differently,
+    and under Adam gain=4 with lr trains as gain=1 with 4 * lr (eps aside)."""
+    from conftest import _text_cls_batch, make_bert_cls
+
+    batch = _text_cls_batch(0)
+
+    def losses(gain: float, lr: float) -> list[float]:
+        torch.manual_seed(0)
+        model = apply_rpg(make_bert_cls(), RPGConfig(mode="delta", dof=200, gain=gain, other_parameters="freeze"))
+        optimizer = torch.optim.Adam(list(model.rpg_rings.parameters()), lr=lr, eps=1e-12)
+        out = []
+        model.train()
+        for _ in range(4):
+            loss = model(**batch).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            out.append(loss.item())
+        return out
+
+    small, large = losses(0.01, 3e-2), losses(1.0, 3e-2)
+    assert small[0] == large[0]  # the ring starts at zero: the same base model
+    assert abs(small[-1] - small[0]) < 0.1 * abs(large[-1] - large[0]), (small, large)
+    torch.testing.assert_close(torch.tensor(losses(4.0, 1e-3)), torch.tensor(losses(1.0, 4e-3)), rtol=1e-4, atol=0)
