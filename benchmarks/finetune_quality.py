@@ -980,6 +980,7 @@ def plot(rows: list[dict[str, Any]], task: str, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     task_rows = [r for r in rows if r["task"] == task]
     methods = sorted({r["method"] for r in task_rows}, key=_method_rank)
+    colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
     for method in methods:
         mrows = sorted((r for r in task_rows if r["method"] == method), key=lambda r: r["trainable"])
         if method == "head":
@@ -988,19 +989,20 @@ def plot(rows: list[dict[str, Any]], task: str, path: Path) -> bool:
                 100 * r["test_mean"], color="grey", linestyle=":", label=f"head only ({100 * r['test_mean']:.1f})"
             )
             continue
-        style = "--" if is_rpg(method) else "-"
+        ours = is_rpg(method)
         ax.errorbar(
             [r["trainable"] for r in mrows],
             [100 * r["test_mean"] for r in mrows],
             yerr=[100 * r["test_std"] for r in mrows],
-            marker="s" if method == "full" else "o",
-            linestyle=style,
+            marker="s" if method == "full" else ("^" if ours else "o"),
+            linestyle="--" if ours else "-",
+            color=colors(methods.index(method) % 20),
             capsize=3,
             label=method,
         )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters of the method (head excluded)")
-    ax.set_ylabel("test accuracy (%), mean ± std over 3 seeds")
+    ax.set_ylabel("test accuracy (%), mean ± std over the seeds")
     ax.set_title(f"{task}: test accuracy vs trainable parameters")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
@@ -1035,13 +1037,14 @@ def report(results: Path, out: Path, *, plots: bool = True) -> str:
             f"{m.get('platform', '?')}, Python {m.get('python', '?')}",
             f"- Versions: torch {v.get('torch')}, transformers {v.get('transformers')}, peft {v.get('peft')}, "
             f"numpy {v.get('numpy')}",
-            f"- Runs from {dates[0]} to {dates[-1]}; hf_rpg commit(s): {', '.join(commits)}",
+            f"- Runs from {dates[0]} to {dates[-1]}; report written {time.strftime('%Y-%m-%d %H:%M')}; "
+            f"commit(s) of the hf_rpg that ran: {', '.join(commits)}",
             "",
         ]
     lines += ["## Protocol", "", PROTOCOL, ""]
     for p in pretrain:
         lines.append(
-            f"ViT pretraining (classes 0-4, cached): {p['train_images']:,} images, {p['epochs']} epochs, batch "
+            f"ViT pretraining (classes 0-4, cached): {p['train_images']:,} images, {p['epochs']} epoch(s), batch "
             f"{p['batch_size']}, AdamW lr {p['lr']:g} weight decay {p['weight_decay']}, {p['schedule']}: "
             f"test accuracy on the {p['test_images']:,} test images of classes 0-4 = **{100 * p['test_acc']:.2f}%** "
             f"({p['seconds']:.0f} s)."
