@@ -291,6 +291,13 @@ def peak_rss_mib() -> float:
 
 
 def fmt_lr(lr: float) -> str:
+    """``1e-3``, ``1.5e-2``, ``1.7e-1``: two significant digits at most."""
+    return f"{lr:.1e}".replace(".0e", "e").replace("e-0", "e-").replace("e+0", "e")
+
+
+def _key_lr(lr: float) -> str:
+    """The lr as results keys spell it (one significant digit: distinct within every grid and its
+    edge extensions; kept so that existing results files stay resumable)."""
     return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
 
 
@@ -781,7 +788,7 @@ def run_one(task: Task, p: Plan, lr: float, seed: int) -> dict[str, Any]:
 
 def run_key(rec: dict[str, Any]) -> str:
     return json.dumps(
-        [rec["task"], rec["method"], rec["budget"], rec["config"], fmt_lr(rec["lr"]), rec["seed"]], sort_keys=True
+        [rec["task"], rec["method"], rec["budget"], rec["config"], _key_lr(rec["lr"]), rec["seed"]], sort_keys=True
     )
 
 
