@@ -29,6 +29,7 @@ import contextlib
 import copy
 import ctypes
 import gc
+import hashlib
 import json
 import math
 import platform
@@ -243,6 +244,15 @@ def git_commit(folder: Path = REPO) -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def source_hash(folder: Path) -> str:
+    """A short hash of the ``.py`` files under ``folder`` (names and contents): which code ran,
+    also for a checkout with uncommitted changes."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.py")):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:10]
 
 
 def machine() -> dict[str, Any]:
@@ -779,6 +789,7 @@ def run_one(task: Task, p: Plan, lr: float, seed: int) -> dict[str, Any]:
         "seconds_per_epoch": train_seconds / task.epochs,
         "eval_seconds": eval_seconds,
         "peak_rss_mib": peak_rss_mib(),
+        "load_average_1min": os.getloadavg()[0],  # other work on the machine slows the timings
         **extra,
     }
 
@@ -786,10 +797,20 @@ def run_one(task: Task, p: Plan, lr: float, seed: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- results
 
 
+def library_version(rec: dict[str, Any]) -> str | None:
+    """Which hf_rpg an hf_rpg-variant run used: the hash of its source files (records without
+    one: the commit of its checkout); None for the other methods, which do not use it."""
+    if not is_rpg(rec["method"]):
+        return None
+    return rec.get("hf_rpg_source") or rec.get("commit")
+
+
 def run_key(rec: dict[str, Any]) -> str:
-    return json.dumps(
-        [rec["task"], rec["method"], rec["budget"], rec["config"], _key_lr(rec["lr"]), rec["seed"]], sort_keys=True
-    )
+    """A run's identity in the results file; hf_rpg variants also by the hf_rpg that ran them, so
+    that runs of another version of the library are neither skipped nor mixed into one row."""
+    fields = [rec["task"], rec["method"], rec["budget"], rec["config"], _key_lr(rec["lr"]), rec["seed"]]
+    version = library_version(rec)
+    return json.dumps(fields if version is None else [*fields, version], sort_keys=True)
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -845,6 +866,7 @@ class Runner:
         self.meta = {
             "commit": git_commit(library),  # of the hf_rpg that runs (it may be another checkout's)
             "hf_rpg_path": str(library),
+            "hf_rpg_source": source_hash(library),
             "script_commit": git_commit(REPO),
             "machine": machine(),
             "smoke": smoke,
@@ -867,6 +889,7 @@ class Runner:
 
     def run(self, task: Task, p: Plan, lr: float, seed: int) -> dict[str, Any]:
         probe = {"task": task.name, "method": p.method, "budget": p.budget, "config": p.config, "lr": lr, "seed": seed}
+        probe["hf_rpg_source"] = self.meta["hf_rpg_source"]
         key = run_key(probe)
         if key in self.done:
             return self.done[key]
@@ -912,7 +935,8 @@ class Runner:
 def _groups(runs: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     out: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
-        key = (r["task"], r["method"], json.dumps(r["budget"]), json.dumps(r["config"], sort_keys=True))
+        config = json.dumps(r["config"], sort_keys=True)
+        key = (r["task"], r["method"], json.dumps(r["budget"]), config, library_version(r))
         out.setdefault(key, []).append(r)
     return out
 
@@ -921,10 +945,18 @@ def _method_rank(method: str) -> int:
     return METHODS.index(method) if method in METHODS else len(METHODS)
 
 
+NUM_CLASSES = {"text": 2, "vision": 5}
+NEAR_CHANCE = 0.03  # a run whose test accuracy is below chance + 3 points learnt (next to) nothing
+
+
+def near_chance(rec: dict[str, Any]) -> bool:
+    return rec["test_acc"] < 1 / NUM_CLASSES.get(rec["task"], 2) + NEAR_CHANCE
+
+
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (task, method, budget, config): the picked lr and the seeds at it."""
     rows = []
-    for (task, method, _, _), group in _groups(runs).items():
+    for (task, method, _, _, library), group in _groups(runs).items():
         picked = pick_lr(group)
         if picked is None:
             continue
@@ -939,6 +971,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "method": method,
                 "budget": seed0["budget"],
                 "config": seed0["config"],
+                "library": library,
+                "label": method if library is None else f"{method} [hf_rpg {library}]",
                 "trainable": seed0["trainable"],
                 "lr": picked,
                 "edge": len(lrs) > 1 and (math.isclose(picked, lrs[0]) or math.isclose(picked, lrs[-1])),
@@ -948,6 +982,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "test_mean": statistics.fmean(tests),
                 "test_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
                 "n": len(tests),
+                "near_chance": sum(near_chance(r) for r in at),
                 "spe": statistics.fmean(r["seconds_per_epoch"] for r in at),
                 "run_seconds": statistics.fmean(r["train_seconds"] + r["eval_seconds"] for r in group),
                 "rss": max(r["peak_rss_mib"] for r in at),
@@ -986,10 +1021,10 @@ def plot(rows: list[dict[str, Any]], task: str, path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     task_rows = [r for r in rows if r["task"] == task]
-    methods = sorted({r["method"] for r in task_rows}, key=_method_rank)
-    colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
-    for method in methods:
-        mrows = sorted((r for r in task_rows if r["method"] == method), key=lambda r: r["trainable"])
+    labels = sorted({(r["method"], r["label"]) for r in task_rows}, key=lambda m: (_method_rank(m[0]), m[1]))
+    colors = plt.get_cmap("tab20" if len(labels) > 10 else "tab10")
+    for number, (method, label) in enumerate(labels):
+        mrows = sorted((r for r in task_rows if r["label"] == label), key=lambda r: r["trainable"])
         if method == "head":
             r = mrows[0]
             ax.axhline(
@@ -1003,9 +1038,9 @@ def plot(rows: list[dict[str, Any]], task: str, path: Path) -> bool:
             yerr=[100 * r["test_std"] for r in mrows],
             marker="s" if method == "full" else ("^" if ours else "o"),
             linestyle="--" if ours else "-",
-            color=colors(methods.index(method) % 20),
+            color=colors(number % 20),
             capsize=3,
-            label=method,
+            label=label,
         )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters of the method (head excluded)")
@@ -1078,8 +1113,10 @@ def report(results: Path, out: Path, *, plots: bool = True) -> str:
         for r in trows:
             lr = fmt_lr(r["lr"]) + (" (edge)" if r["edge"] else "")
             warn = "" if r["finite"] else " ⚠ non-finite loss"
+            if r["near_chance"]:
+                warn += f" ⚠ {r['near_chance']} near chance"
             lines.append(
-                f"| {r['method']} | {_budget_label(r['budget'])} | {fmt_count(r['trainable'])} "
+                f"| {r['label']} | {_budget_label(r['budget'])} | {fmt_count(r['trainable'])} "
                 f"| {_config_text(r['method'], r['config'])} | {lr} | {100 * r['val_acc']:.2f} "
                 f"| {100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f} ({r['n']}){warn} | {r['spe']:.1f} "
                 f"| {r['rss']:.0f} |"
@@ -1092,7 +1129,7 @@ def report(results: Path, out: Path, *, plots: bool = True) -> str:
             if peers:
                 top = max(peers, key=lambda r: r["test_mean"])
                 best.append(
-                    f"{_budget_label(b)}: {top['method']} {100 * top['test_mean']:.2f} ± {100 * top['test_std']:.2f}"
+                    f"{_budget_label(b)}: {top['label']} {100 * top['test_mean']:.2f} ± {100 * top['test_std']:.2f}"
                 )
         if best:
             lines += ["**Best peer per budget** (test mean, 3 seeds): " + "; ".join(best) + ".", ""]
@@ -1102,10 +1139,24 @@ def report(results: Path, out: Path, *, plots: bool = True) -> str:
             if ours:
                 top = max(ours, key=lambda r: r["test_mean"])
                 best.append(
-                    f"{_budget_label(b)}: {top['method']} {100 * top['test_mean']:.2f} ± {100 * top['test_std']:.2f}"
+                    f"{_budget_label(b)}: {top['label']} {100 * top['test_mean']:.2f} ± {100 * top['test_std']:.2f}"
                 )
         if best:
             lines += ["**Best hf_rpg variant per budget** (test mean, 3 seeds): " + "; ".join(best) + ".", ""]
+        chance = [r for r in runs if r["task"] == task and near_chance(r)]
+        if chance:
+            limit = 100 * (1 / NUM_CLASSES.get(task, 2) + NEAR_CHANCE)
+            listed = ", ".join(
+                f"{r['method']} {_budget_label(r['budget'])} lr {fmt_lr(r['lr'])} seed {r['seed']} "
+                f"({100 * r['test_acc']:.1f})"
+                for r in sorted(chance, key=lambda r: (_method_rank(r["method"]), str(r["budget"]), r["lr"]))
+            )
+            lines += [
+                f"Runs that ended near chance (test accuracy below {limit:.0f}%; a collapse to one class, or too "
+                f"little change, under this short schedule): {len(chance)} of "
+                f"{sum(1 for r in runs if r['task'] == task)}: {listed}.",
+                "",
+            ]
         lines += ["Validation accuracy (seed 0) of every lr tried (picked in bold):", ""]
         for r in trows:
             if len(r["grid"]) < 2:
@@ -1118,7 +1169,7 @@ def report(results: Path, out: Path, *, plots: bool = True) -> str:
                 )
                 for lr, acc in sorted(r["grid"].items())
             ]
-            lines.append(f"- {r['method']} {_budget_label(r['budget'])}: " + ", ".join(cells))
+            lines.append(f"- {r['label']} {_budget_label(r['budget'])}: " + ", ".join(cells))
         lines.append("")
         if plots:
             png = out.parent / PLOT_DIR_NAME / f"{task}.png"
