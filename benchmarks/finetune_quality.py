@@ -1193,7 +1193,7 @@ def report(results: Path, out: Path, *, plots: bool = True) -> str:
                 seen.add(key)
                 lines.append(f"- {o['method']} {_budget_label(o['budget'])}: {o['reason']}")
             lines.append("")
-    check_path = results.parent / "defaults_check.json"
+    check_path = results.with_name(results.stem + "-defaults-check.json")
     check = json.loads(check_path.read_text()) if check_path.is_file() else None
     lines += quality_verdicts.verdict_lines(rows, check)
     text = "\n".join(lines).rstrip() + "\n"
