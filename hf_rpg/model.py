@@ -683,9 +683,10 @@ class RPGModel(nn.Module):
         )
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """``(trainable, all)`` as PEFT reports them; "all" is the dense-equivalent size."""
+        """``(trainable, all)`` as PEFT reports them (``DoFReport.all_parameters``: in delta
+        mode the base plus the ring, in replace mode the dense model the ring stands for)."""
         report = self.dof_report()
-        return report.trainable, report.model_parameters
+        return report.trainable, report.all_parameters
 
     def print_trainable_parameters(self) -> None:
         """Print PEFT's line (``trainable params: … || all params: … || trainable%: …``),

@@ -65,11 +65,16 @@ class DoFReport:
         )
         return data
 
+    @property
+    def all_parameters(self) -> int:
+        """PEFT's "all params": every parameter the model computes with. In delta mode the
+        base plus the ring(s), as PEFT counts base plus adapter; in replace mode the dense
+        model the ring stands for."""
+        return self.model_parameters + (self.ring_dof if self.mode == "delta" else 0)
+
     def peft_line(self) -> str:
-        """PEFT's ``print_trainable_parameters`` line: trainable, all, trainable%. "all" is
-        every parameter the model computes with: in delta mode the base plus the ring(s)
-        (as PEFT counts base plus adapter), in replace mode the dense model they stand for."""
-        total = self.model_parameters + (self.ring_dof if self.mode == "delta" else 0)
+        """PEFT's ``print_trainable_parameters`` line: trainable, all, trainable%."""
+        total = self.all_parameters
         return (
             f"trainable params: {self.trainable:,} || all params: {total:,} || "
             f"trainable%: {100 * self.trainable / max(1, total):.4f}"

@@ -130,7 +130,7 @@ def test_print_trainable_parameters_speaks_peft_and_shows_small_budgets(capsys):
     assert peft_line == (
         f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
     )
-    assert model.get_nb_trainable_parameters() == (trainable, dense)
+    assert model.get_nb_trainable_parameters() == (trainable, total)
     fraction = 3 / model.layout.generated_elements
     assert f"ring DoF: 3 ({100 * fraction:.3g}% of" in rpg_line and "0.00%" not in rpg_line
     # a delta checkpoint is an update of its base, not a compressed model
