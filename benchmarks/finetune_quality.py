@@ -10,9 +10,12 @@ Every finished run is appended as one JSON line to ``--results``; runs already t
 skipped, so the script can be killed and started again. ``--report-only`` rebuilds the
 markdown report and its plots from that file alone.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/finetune_quality.py --task all \\
-        --results /work/quality-results/results.jsonl --cache-dir /work/quality-results/cache
-    python benchmarks/finetune_quality.py --report-only --results /work/quality-results/results.jsonl
+    OMP_NUM_THREADS=1 python benchmarks/finetune_quality.py --task all   # adds to results-quality.jsonl
+    python benchmarks/finetune_quality.py --report-only                   # rewrites quality.md
+
+The default results file is the committed ``benchmarks/results-quality.jsonl``: a run with
+another setting (methods, budgets, an hf_rpg under change) adds its rows to it, and finished
+runs are skipped. The pretrained ViT is cached in ``benchmarks/quality-results/cache``.
 
 hf_rpg variants come from ``RPG_VARIANTS`` (name -> ``RPGConfig`` keyword arguments besides
 ``mode="delta"``, ``dof=budget`` and ``seed``); add a line there to benchmark another one.
@@ -61,7 +64,7 @@ transformers.logging.set_verbosity_error()
 with contextlib.suppress(AttributeError):  # the progress bars of from_pretrained
     transformers.utils.logging.disable_progress_bar()
 
-DEFAULT_RESULTS = REPO / "benchmarks" / "quality-results" / "results.jsonl"
+DEFAULT_RESULTS = REPO / "benchmarks" / "results-quality.jsonl"
 DEFAULT_CACHE = REPO / "benchmarks" / "quality-results" / "cache"
 DEFAULT_REPORT = REPO / "benchmarks" / "quality.md"
 PLOT_DIR_NAME = "quality_plots"
