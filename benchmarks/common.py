@@ -21,16 +21,20 @@ from hf_rpg.examples_support import data as example_data
 transformers.logging.set_verbosity_error()
 
 
-def machine_info(threads: int, device: str = "cpu") -> dict:
-    """What the numbers were measured on."""
-    cpu = "unknown"
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return "unknown"
+
+
+def machine_info(threads: int, device: str = "cpu") -> dict:
+    """What the numbers were measured on."""
+    cpu = cpu_name()
     versions = {}
     for package in ("torch", "transformers", "accelerate", "safetensors", "peft", "hf_rpg"):
         try:

@@ -57,6 +57,7 @@ if str(REPO) not in sys.path:  # run as a script: import the checkout's hf_rpg
 
 import hf_rpg  # noqa: E402
 from benchmarks import quality_verdicts  # noqa: E402
+from benchmarks.common import cpu_name  # noqa: E402
 from hf_rpg import RPGConfig, apply_rpg  # noqa: E402
 from hf_rpg.examples_support import data as example_data  # noqa: E402
 
@@ -266,14 +267,7 @@ def source_hash(folder: Path) -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     versions = {}
     for package in ("torch", "transformers", "peft", "numpy"):
         try:
@@ -1065,6 +1059,20 @@ def plot(rows: list[dict[str, Any]], task: str, path: Path) -> bool:
     return True
 
 
+def _best_per_budget(rows: list[dict[str, Any]], budgets: list[int], keep: Callable[[str], bool]) -> list[str]:
+    """For each budget, the row with the best test mean among the methods ``keep`` accepts
+    (rows with every seed only), as "8k: label mean ± std"."""
+    best = []
+    for b in budgets:
+        candidates = [r for r in rows if r["budget"] == b and keep(r["method"]) and r["n"] == len(SEEDS)]
+        if candidates:
+            top = max(candidates, key=lambda r: r["test_mean"])
+            best.append(
+                f"{_budget_label(b)}: {top['label']} {100 * top['test_mean']:.2f} ± {100 * top['test_std']:.2f}"
+            )
+    return best
+
+
 def report(results: Path, out: Path, *, plots: bool = True) -> str:
     records = read_results(results)
     runs = [r for r in records if r.get("kind") == "run"]
@@ -1133,26 +1141,10 @@ def report(results: Path, out: Path, *, plots: bool = True) -> str:
             )
         lines.append("")
         budgets = sorted({r["budget"] for r in trows if isinstance(r["budget"], int) and r["budget"] > 0})
-        best = []
-        for b in budgets:
-            peers = [r for r in trows if r["budget"] == b and r["method"] in PEERS and r["n"] == len(SEEDS)]
-            if peers:
-                top = max(peers, key=lambda r: r["test_mean"])
-                best.append(
-                    f"{_budget_label(b)}: {top['label']} {100 * top['test_mean']:.2f} ± {100 * top['test_std']:.2f}"
-                )
-        if best:
-            lines += ["**Best peer per budget** (test mean, 3 seeds): " + "; ".join(best) + ".", ""]
-        best = []
-        for b in budgets:
-            ours = [r for r in trows if r["budget"] == b and is_rpg(r["method"]) and r["n"] == len(SEEDS)]
-            if ours:
-                top = max(ours, key=lambda r: r["test_mean"])
-                best.append(
-                    f"{_budget_label(b)}: {top['label']} {100 * top['test_mean']:.2f} ± {100 * top['test_std']:.2f}"
-                )
-        if best:
-            lines += ["**Best hf_rpg variant per budget** (test mean, 3 seeds): " + "; ".join(best) + ".", ""]
+        for title, keep in (("Best peer per budget", lambda m: m in PEERS), ("Best hf_rpg variant per budget", is_rpg)):
+            best = _best_per_budget(trows, budgets, keep)
+            if best:
+                lines += [f"**{title}** (test mean, 3 seeds): " + "; ".join(best) + ".", ""]
         chance = [r for r in runs if r["task"] == task and near_chance(r)]
         if chance:
             limit = 100 * (1 / NUM_CLASSES.get(task, 2) + NEAR_CHANCE)
