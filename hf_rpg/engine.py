@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 # itself on CPU, and reusing memory keeps the per-layer engine as fast as generating all
 # weights into one buffer, without holding a dense copy of a large model.
 POOL_MIN_BYTES = 256 << 20
+# Servings whose update is added to the layer's own output (the attribute stays the base).
+ADDED_TO_OUTPUT = ("additive", "lowrank")
 
 
 @dataclass(frozen=True)
@@ -295,7 +297,7 @@ class WeightEngine:
         return {tid: self._finish(tid, weight) for tid, weight in raw.items()}
 
     def _finish(self, target_id: int, weight: torch.Tensor) -> torch.Tensor:
-        if self.specs[target_id].serving in ("additive", "lowrank"):
+        if self.specs[target_id].serving in ADDED_TO_OUTPUT:
             return weight
         dtype, device = self._out_dtype_device(target_id)
         return weight if weight.dtype == dtype and weight.device == device else weight.to(device=device, dtype=dtype)
@@ -473,7 +475,7 @@ class WeightEngine:
         if not self.update_enabled:
             return output
         for source in sources.values():
-            if source.serving in ("additive", "lowrank"):
+            if source.serving in ADDED_TO_OUTPUT:
                 output = self._add_update(source.target_id, args, kwargs, output)
         return output
 
@@ -515,7 +517,7 @@ class WeightEngine:
             tuple(tensor.size()),
             tuple(tensor.stride()),
             tensor.storage_offset() - weight.storage_offset(),
-            self.specs[target_id].serving in ("additive", "lowrank"),
+            self.specs[target_id].serving in ADDED_TO_OUTPUT,
             weight.dtype,
             weight.device,
         )

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from .engine import ADDED_TO_OUTPUT
 from .errors import RPGStateError
 
 if TYPE_CHECKING:
@@ -39,8 +40,6 @@ _ORIGINAL_CLASS = "_rpg_original_class"
 _CLASS_CACHE: dict[tuple[type, frozenset[tuple[str, str]], bool], type] = {}
 
 Serving = Literal["replace", "merged", "additive", "lowrank"]
-# Served by adding the update to the layer's own output: the attribute stays the base Parameter.
-ADDED_TO_OUTPUT = ("additive", "lowrank")
 
 
 @dataclass(frozen=True)
