@@ -7,7 +7,7 @@
   built once beforehand (not timed); gather / scatter-add in the layout the engine picks.
 - **on the fly (tensor)**: the same engine with ``cache_indices=False``: the index is
   rebuilt from the seed (NumPy uint32) in the forward and again in the backward.
-- **fused kernels** (``hf_rpg.index_kernels``): indices and signs computed inside the
+- **fused kernels** (``hf_rpg.spec.index_kernels``): indices and signs computed inside the
   gather and the scatter; nothing per element is kept.
 
 Each row: eight targets of P/8 elements on one ring (as section 3 of results.md), the
@@ -31,11 +31,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import hf_rpg.ring_autograd  # noqa: E402
+import hf_rpg.runtime.ring_autograd  # noqa: E402
 from benchmarks.common import interleaved_medians, machine_info  # noqa: E402
 from benchmarks.sections import _engine  # noqa: E402
 from hf_rpg import index_kernels  # noqa: E402
-from hf_rpg.ring_autograd import _GenerateFromRing, _Request  # noqa: E402
+from hf_rpg.runtime.ring_autograd import _GenerateFromRing, _Request  # noqa: E402
 
 BEGIN, END = "<!-- index-kernels:begin -->", "<!-- index-kernels:end -->"
 
@@ -50,28 +50,28 @@ def _engine_fns(total: int, size: int, cache: bool) -> dict:
 
     out = engine._pooled_buffer(sum(r.target.numel for r in requests), ring.dtype, ring.device)
     # the engine's on-the-fly path goes through the fused kernels now: time the tensor path here
-    uses_kernels = hf_rpg.ring_autograd._kernels_apply
+    uses_kernels = hf_rpg.runtime.ring_autograd._kernels_apply
 
     def forward():
-        hf_rpg.ring_autograd._kernels_apply = lambda engine, ring: False
+        hf_rpg.runtime.ring_autograd._kernels_apply = lambda engine, ring: False
         try:
             state["weights"] = _GenerateFromRing.apply(ring, engine, "default", requests, out)
         finally:
-            hf_rpg.ring_autograd._kernels_apply = uses_kernels
+            hf_rpg.runtime.ring_autograd._kernels_apply = uses_kernels
 
     def backward():
-        hf_rpg.ring_autograd._kernels_apply = lambda engine, ring: False
+        hf_rpg.runtime.ring_autograd._kernels_apply = lambda engine, ring: False
         try:
             torch.autograd.backward(state.pop("weights"), grads)
         finally:
-            hf_rpg.ring_autograd._kernels_apply = uses_kernels
+            hf_rpg.runtime.ring_autograd._kernels_apply = uses_kernels
         ring.grad = None
 
     return {"forward": forward, "backward": backward, "keep": (engine, root)}
 
 
 def _kernel_fns(total: int, size: int) -> dict:
-    """Forward and backward through hf_rpg.index_kernels, same targets and gains."""
+    """Forward and backward through hf_rpg.spec.index_kernels, same targets and gains."""
     engine, root, layout = _engine(total, size, cache=False)
     ring = root.rpg_rings["default"].detach()
     key = engine.keys["default"]
@@ -102,7 +102,7 @@ def jit_seconds() -> dict:
         "import time, torch\n"
         "t0 = time.perf_counter()\n"
         "from hf_rpg import index_kernels as K\n"
-        "from hf_rpg.generator import derive_key\n"
+        "from hf_rpg.spec.generator import derive_key\n"
         "k = derive_key(0, 'default')\n"
         "K.available('cpu'); t1 = time.perf_counter()\n"
         "K.generate_span(torch.randn(100), k, 1000, 0, 10, 1.0); t2 = time.perf_counter()\n"
@@ -176,7 +176,7 @@ def render(rows: list[dict], jit: dict, info: dict, args, load: tuple[float, flo
         "|---|---|---|---|---|---|---|",
         *(_row(r) for r in rows),
         "",
-        f"First call in a fresh process (import of `hf_rpg.index_kernels` + numba / first "
+        f"First call in a fresh process (import of `hf_rpg.spec.index_kernels` + numba / first "
         f"`generate_span` / first `accumulate_span_grad`, seconds): cold cache "
         f"{' / '.join(f'{v:.2f}' for v in jit['cold'])}, warm cache {' / '.join(f'{v:.2f}' for v in jit['warm'])}.",
         END,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from hf_rpg import RPGModel, prune_ring
-from hf_rpg.checkpoint import WEIGHTS_NAME, checkpoint_bytes
+from hf_rpg.api.checkpoint import WEIGHTS_NAME, checkpoint_bytes
 
 STORAGES = ("float32", "float16", "int8")
 PRUNE_FRACTIONS = (0.25, 0.5, 0.75)

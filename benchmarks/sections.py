@@ -25,10 +25,10 @@ from benchmarks.common import (
     vit_workload,
 )
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
-from hf_rpg.checkpoint import checkpoint_bytes
-from hf_rpg.generator import build_signed_index, derive_key
-from hf_rpg.manifest import Layout, RingLayout, TargetLayout
-from hf_rpg.ring_autograd import _GenerateFromRing, _Request
+from hf_rpg.api.checkpoint import checkpoint_bytes
+from hf_rpg.format.manifest import Layout, RingLayout, TargetLayout
+from hf_rpg.runtime.ring_autograd import _GenerateFromRing, _Request
+from hf_rpg.spec.generator import build_signed_index, derive_key
 
 LORA_R8_MINILM = 73_728  # LoRA r=8 on query and value of MiniLM: 6 layers x 2 x 8 x (384 + 384)
 LORA_R1_MINILM = LORA_R8_MINILM // 8
@@ -186,7 +186,7 @@ class _Root(torch.nn.Module):
 
 def _engine(total: int, size: int, cache: bool, tensors: int = 8):
     """An engine over ``tensors`` equal targets of ``total`` elements in all."""
-    from hf_rpg.engine import TargetSpec, WeightEngine
+    from hf_rpg.runtime.engine import TargetSpec, WeightEngine
 
     per = total // tensors
     targets = [TargetLayout(f"t{i}.weight", (per,), "default", i * per, 0.9) for i in range(tensors)]

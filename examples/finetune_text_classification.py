@@ -46,11 +46,11 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from hf_rpg import RPGConfig, apply_rpg
-from hf_rpg.checkpoint import checkpoint_bytes
-from hf_rpg.cli import DOF_HELP, parse_dof
+from hf_rpg.api.checkpoint import checkpoint_bytes
+from hf_rpg.api.cli import DOF_HELP, parse_dof
 from hf_rpg.examples_support.data import find_rt_polarity, load_rt_polarity, minilm_path
 from hf_rpg.examples_support.threads import use_threads
-from hf_rpg.report import size_ratio
+from hf_rpg.format.report import size_ratio
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 # delta: the library's defaults (query and value, full rank) with a ring of 8,000, and the

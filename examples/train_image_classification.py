@@ -41,12 +41,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from hf_rpg import RPGConfig, apply_rpg
-from hf_rpg.checkpoint import checkpoint_bytes
-from hf_rpg.cli import DOF_HELP, parse_dof
+from hf_rpg.api.checkpoint import checkpoint_bytes
+from hf_rpg.api.cli import DOF_HELP, parse_dof
 from hf_rpg.examples_support.data import find_fashion_mnist, image_tensors, load_image_dataset
 from hf_rpg.examples_support.demo import build_digits_model
 from hf_rpg.examples_support.threads import use_threads
-from hf_rpg.report import size_ratio
+from hf_rpg.format.report import size_ratio
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 # digits are 8x8: upsampled to 16x16 so that the ResNet stem and ViT patches have room.

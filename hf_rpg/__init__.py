@@ -8,7 +8,9 @@ keeps its size and architecture; only the ring is trained and stored.
     >>> model = apply_rpg(base_model, RPGConfig(dof=0.1, seed=0))
 """
 
-from .config import RPGConfig
+from .api.config import RPGConfig
+from .api.model import RPGModel, apply_rpg
+from .api.pruning import prune_ring
 from .errors import (
     RPGCheckpointError,
     RPGConfigError,
@@ -18,17 +20,15 @@ from .errors import (
     RPGStateError,
     RPGTargetError,
 )
-from .generator import GENERATOR_VERSION
-from .model import RPGModel, apply_rpg
-from .pruning import prune_ring
-from .report import DoFReport
+from .format.report import DoFReport
+from .spec.generator import GENERATOR_VERSION
 from .version import __version__
 
 
 def __getattr__(name: str):
     # RPGTrainer imports transformers.Trainer (and accelerate): load it only when asked.
     if name == "RPGTrainer":
-        from .trainer import RPGTrainer
+        from .api.trainer import RPGTrainer
 
         return RPGTrainer
     raise AttributeError(f"module 'hf_rpg' has no attribute {name!r}")

@@ -53,11 +53,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import RPGConfig
+from .api.config import RPGConfig
+from .api.model import RPGModel, apply_rpg
 from .errors import RPGConfigError
 from .examples_support.demo import RESNET_WIDTHS, VIT_WIDTHS, build_digits_model
-from .generator import build_signed_index
-from .model import RPGModel, apply_rpg
+from .spec.generator import build_signed_index
 
 DATASETS = {"digits": 16, "fashion_mnist": 28, "rt_polarity": None}  # name -> image size (None: text)
 BUILT_IN_MODELS = ("resnet", "vit", "minilm")

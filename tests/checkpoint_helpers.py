@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
-from hf_rpg.atomic import STAGING_MARK
+from hf_rpg.format.atomic import STAGING_MARK
 
 CONFIG = "rpg_config.json"
 WEIGHTS = "rpg_model.safetensors"

@@ -14,10 +14,10 @@ import torch
 from checkpoint_helpers import CONFIG, WEIGHTS, file_bytes, save_tiny, staging_leftovers
 from conftest import MODELS, model_outputs
 
-import hf_rpg.atomic
-import hf_rpg.checkpoint
+import hf_rpg.api.checkpoint
+import hf_rpg.format.atomic
 from hf_rpg import RPGCheckpointError, RPGConfig, RPGModel, apply_rpg
-from hf_rpg.atomic import BACKUP_DIR
+from hf_rpg.format.atomic import BACKUP_DIR
 
 BATCH = MODELS["bert_mlm"].batch(5)
 
@@ -60,12 +60,12 @@ def _fail_on_call(monkeypatch, owner, name: str, call: int, error: BaseException
 
 
 WRITE_PHASE_FAILURES = [
-    (hf_rpg.checkpoint, "save_file"),  # the weights file
-    (hf_rpg.checkpoint, "_sha256"),
-    (hf_rpg.checkpoint, "_write_model_config"),  # config.json
-    (hf_rpg.checkpoint, "model_card_text"),  # README.md
-    (hf_rpg.checkpoint, "format_metadata"),  # rpg_config.json
-    (hf_rpg.atomic, "fsync_file"),
+    (hf_rpg.api.checkpoint, "save_file"),  # the weights file
+    (hf_rpg.api.checkpoint, "_sha256"),
+    (hf_rpg.api.checkpoint, "_write_model_config"),  # config.json
+    (hf_rpg.api.checkpoint, "model_card_text"),  # README.md
+    (hf_rpg.api.checkpoint, "format_metadata"),  # rpg_config.json
+    (hf_rpg.format.atomic, "fsync_file"),
 ]
 
 
@@ -144,7 +144,7 @@ def test_when_the_rollback_fails_too_the_previous_files_are_kept_and_named(monke
     _assert_intact(path, before, outputs)
 
 
-@pytest.mark.parametrize(("owner", "name"), [(hf_rpg.checkpoint, "save_file"), (os, "rename")])
+@pytest.mark.parametrize(("owner", "name"), [(hf_rpg.api.checkpoint, "save_file"), (os, "rename")])
 def test_a_failed_first_save_leaves_no_directory(monkeypatch, tmp_path, owner, name):
     model = apply_rpg(MODELS["bert_mlm"].build(), RPGConfig(dof=0.1))
     _fail_on_call(monkeypatch, owner, name, 1, OSError(28, "No space left on device"))

@@ -10,7 +10,7 @@ from conftest import make_bert_cls, model_outputs
 from transformers import AutoModelForSequenceClassification
 
 from hf_rpg import RPGConfig, apply_rpg
-from hf_rpg.cli import main
+from hf_rpg.api.cli import main
 
 
 def _checkpoint(tmp_path):
@@ -43,7 +43,7 @@ def test_merge_writes_a_plain_transformers_checkpoint(tmp_path, capsys):
 
 def test_errors_are_one_line_and_a_nonzero_exit(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "hf_rpg.cli", "info", str(tmp_path / "missing")],
+        [sys.executable, "-m", "hf_rpg.api.cli", "info", str(tmp_path / "missing")],
         capture_output=True,
         text=True,
         env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": ""},
@@ -52,7 +52,7 @@ def test_errors_are_one_line_and_a_nonzero_exit(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hf-rpg info: error:"), result.stderr
     (tmp_path / "empty").mkdir()
-    result = subprocess.run([sys.executable, "-m", "hf_rpg.cli", "merge", str(tmp_path / "empty"), "out"],
+    result = subprocess.run([sys.executable, "-m", "hf_rpg.api.cli", "merge", str(tmp_path / "empty"), "out"],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 1 and "is not an hf_rpg checkpoint" in result.stderr
 
@@ -82,7 +82,7 @@ def test_dof_forms_cannot_be_misread():
 
     import pytest
 
-    from hf_rpg.cli import parse_dof
+    from hf_rpg.api.cli import parse_dof
 
     assert parse_dof("25%") == 0.25 and parse_dof("0.25") == 0.25 and parse_dof("100%") == 1.0
     assert parse_dof("18116") == 18116 and parse_dof("18_116") == 18116 and parse_dof("1.0") == 1.0
@@ -105,7 +105,7 @@ def test_demo_dof_1_is_one_clear_line(capsys):
 
 
 def test_size_comparison_is_honest():
-    from hf_rpg.report import size_ratio
+    from hf_rpg.format.report import size_ratio
 
     assert size_ratio(100, 340) == "3.4x smaller than"
     assert size_ratio(340, 100) == "3.4x larger than"

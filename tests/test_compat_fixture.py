@@ -14,7 +14,7 @@ from checkpoint_helpers import read_weights, snapshot
 from fixtures.make_compat_fixture import generated_digests
 
 from hf_rpg import RPGModel
-from hf_rpg.checkpoint import RING_PREFIX, stored_entries
+from hf_rpg.api.checkpoint import RING_PREFIX, stored_entries
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "compat_v1"
 NAMES = ["bert_cls_delta", "bert_mlm", "resnet"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import MODELS, model_outputs
 
-import hf_rpg.ring_autograd
+import hf_rpg.runtime.ring_autograd
 from hf_rpg import RPGConfig, RPGModel, apply_rpg, index_encoding
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
@@ -65,7 +65,7 @@ def test_training_on_cuda_matches_cpu_and_round_trips(mode, tmp_path):
             losses.append(loss.item())
         assert losses[-1] < losses[0]
         models[device] = model
-    assert hf_rpg.ring_autograd._fused_applies(models["cuda"]._engine, torch.device("cuda"))
+    assert hf_rpg.runtime.ring_autograd._fused_applies(models["cuda"]._engine, torch.device("cuda"))
     torch.testing.assert_close(
         models["cuda"].rpg_rings["default"].detach().cpu(), models["cpu"].rpg_rings["default"].detach(),
         rtol=1e-3, atol=1e-5,

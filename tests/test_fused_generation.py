@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import MODELS, forward_backward
 
-import hf_rpg.ring_autograd
+import hf_rpg.runtime.ring_autograd
 from hf_rpg import RPGConfig, apply_rpg
 
 
@@ -34,7 +34,7 @@ def test_fused_path_matches_the_per_target_path(name, mode, monkeypatch):
             fused.rpg_rings[ring_name].copy_(ring)
     batch = tiny.batch(0)
     loss_a, weights_a, grads_a = forward_backward(per_target, batch)
-    monkeypatch.setattr(hf_rpg.ring_autograd, "_fused_applies", _fused_on_cpu)
+    monkeypatch.setattr(hf_rpg.runtime.ring_autograd, "_fused_applies", _fused_on_cpu)
     loss_b, weights_b, grads_b = forward_backward(fused, batch)
     for key, weight in weights_a.items():
         assert torch.equal(weights_b[key], weight), key
@@ -49,11 +49,11 @@ def test_fused_path_matches_the_per_target_path(name, mode, monkeypatch):
 
 
 def test_runs_of_consecutive_targets():
-    from hf_rpg.manifest import TargetLayout
+    from hf_rpg.format.manifest import TargetLayout
 
     def t(offset, numel):
         return TargetLayout(name=f"t{offset}", shape=(numel,), offset=offset, gain=1.0, ring="default")
 
-    runs = hf_rpg.ring_autograd._contiguous_runs([t(0, 4), t(4, 2), t(10, 3), t(13, 1), t(0, 1)])
+    runs = hf_rpg.runtime.ring_autograd._contiguous_runs([t(0, 4), t(4, 2), t(10, 3), t(13, 1), t(0, 1)])
     assert runs == [(0, 2), (2, 4), (4, 5)]
-    assert hf_rpg.ring_autograd._contiguous_runs([]) == []
+    assert hf_rpg.runtime.ring_autograd._contiguous_runs([]) == []

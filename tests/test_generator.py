@@ -10,7 +10,7 @@ import torch
 from conftest import torch_threads
 
 from hf_rpg import generator as G
-from hf_rpg.generator import (
+from hf_rpg.spec.generator import (
     build_signed_index,
     derive_key,
     permute,

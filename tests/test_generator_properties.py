@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from test_generator import GOLDEN
 
 from hf_rpg import RPGConfig, apply_rpg
-from hf_rpg.generator import (
+from hf_rpg.spec.generator import (
     build_signed_index,
     derive_key,
     permute,
@@ -34,7 +34,7 @@ M32 = (1 << 32) - 1
 SETTINGS = settings(max_examples=60, deadline=None)
 
 # ------------------------------------------------------------------ the spec, written again
-# From docs/generator.md alone (not from hf_rpg.generator), so that a shared mistake in
+# From docs/generator.md alone (not from hf_rpg.spec.generator), so that a shared mistake in
 # both would have to be made twice.
 
 

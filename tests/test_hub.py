@@ -15,7 +15,7 @@ from conftest import make_bert_cls, model_outputs
 from test_checkpoint import populate_hub_cache
 
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
-from hf_rpg.cli import main
+from hf_rpg.api.cli import main
 
 COMPACT = {"README.md", "config.json", "rpg_config.json", "rpg_model.safetensors"}
 

@@ -1,6 +1,6 @@
 """The two in-memory layouts of the index cache give the same model.
 
-Large CPU rings keep their cache in the sign-bit layout (``hf_rpg.index_encoding``); the
+Large CPU rings keep their cache in the sign-bit layout (``hf_rpg.spec.index_encoding``); the
 tiny test models are far below that size, so these tests lower the threshold and compare
 each model against the signed layout: weights bit for bit, ring gradients to rounding.
 """
@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import MODELS, forward_backward, torch_threads
 
-import hf_rpg.ring_autograd
+import hf_rpg.runtime.ring_autograd
 from hf_rpg import RPGConfig, apply_rpg, index_encoding
-from hf_rpg.generator import build_signed_index, derive_key
+from hf_rpg.spec.generator import build_signed_index, derive_key
 
 
 def _pair(name: str, monkeypatch, **config):
@@ -71,7 +71,7 @@ def test_sign_bit_layout_in_parallel_blocks(monkeypatch):
     tiny, signed, sign_bit = _pair("vit", monkeypatch, dof=0.25)
     batch = tiny.batch(2)
     monkeypatch.setattr(index_encoding, "BLOCK", 100)
-    monkeypatch.setattr(hf_rpg.ring_autograd, "PARALLEL_CHUNK", 512)
+    monkeypatch.setattr(hf_rpg.runtime.ring_autograd, "PARALLEL_CHUNK", 512)
     with torch_threads(2):
         _, weights_a, grads_a = forward_backward(signed, batch)
         _, weights_b, grads_b = forward_backward(sign_bit, batch)

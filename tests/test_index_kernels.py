@@ -1,4 +1,4 @@
-"""Fused on-the-fly kernels (hf_rpg.index_kernels): bit for bit the rpg-v1 weights of
+"""Fused on-the-fly kernels (hf_rpg.spec.index_kernels): bit for bit the rpg-v1 weights of
 today's cache path, gradients equal to index_add_ to rounding, validation on every path.
 
 Each test runs on the compiled (numba) path and on the tensor path the module falls back
@@ -16,7 +16,7 @@ from conftest import torch_threads
 from test_generator import GOLDEN
 
 from hf_rpg import index_kernels as K
-from hf_rpg.generator import build_signed_index, derive_key, reference_signed_index, signed_indices
+from hf_rpg.spec.generator import build_signed_index, derive_key, reference_signed_index, signed_indices
 
 COMPILED = K.available(torch.device("cpu"))
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import make_bert_cls, make_bert_mlm, torch_threads
 
-import hf_rpg.engine
-import hf_rpg.ring_autograd
+import hf_rpg.runtime.engine
+import hf_rpg.runtime.ring_autograd
 from hf_rpg import RPGConfig, apply_rpg
 
 QUERY = "bert.encoder.layer.0.attention.self.query"
@@ -68,7 +68,7 @@ def test_training_weights_exist_only_while_their_layer_runs(monkeypatch):
     # after the forward no generated weight is alive: nothing autograd saved holds their memory
     assert engine._live == {} and engine._live_storage == {}
     pool = [buffer for buffers in engine._pool.values() for buffer in buffers]
-    assert pool and all(hf_rpg.engine.buffer_is_free(buffer) for buffer in pool)
+    assert pool and all(hf_rpg.runtime.engine.buffer_is_free(buffer) for buffer in pool)
     generated_in_forward = phases.count("forward")
     # one weight at a time: the owners (Linear layers, the tied decoder) do not nest
     assert max(live_counts) == 0
@@ -147,7 +147,7 @@ def test_training_buffers_are_reused_only_when_no_graph_holds_them(monkeypatch):
     second = model(**batch).logits
     (first.sum() + 2 * second.sum()).backward()
     with monkeypatch.context() as patch:  # the reference never reuses memory
-        patch.setattr(hf_rpg.engine, "buffer_is_free", lambda buffer: False)
+        patch.setattr(hf_rpg.runtime.engine, "buffer_is_free", lambda buffer: False)
         ref_first, ref_second = reference(**batch).logits, reference(**batch).logits
         (ref_first.sum() + 2 * ref_second.sum()).backward()
     torch.testing.assert_close(model.rpg_rings["default"].grad, reference.rpg_rings["default"].grad, rtol=0, atol=0)
@@ -180,9 +180,9 @@ def test_parallel_gather_and_scatter_on_several_threads(monkeypatch):
     serial_grad = model.rpg_rings["default"].grad.clone()
     model.rpg_rings["default"].grad = None
 
-    monkeypatch.setattr(hf_rpg.ring_autograd, "PARALLEL_CHUNK", 512)  # small enough to split this tiny model
+    monkeypatch.setattr(hf_rpg.runtime.ring_autograd, "PARALLEL_CHUNK", 512)  # small enough to split this tiny model
     with torch_threads(2):
-        assert hf_rpg.ring_autograd._workers(torch.device("cpu"), 10_000) == 2
+        assert hf_rpg.runtime.ring_autograd._workers(torch.device("cpu"), 10_000) == 2
         model(**batch).loss.backward()
         parallel_weights = {name: w.detach().clone() for name, w in model.generated_weights()}
     for name, weight in serial_weights.items():

@@ -12,10 +12,10 @@ import torch
 from architectures import ARCHITECTURES, build
 from checkpoint_helpers import CONFIG, WEIGHTS, edit_json
 
-import hf_rpg.engine
+import hf_rpg.runtime.engine
 from hf_rpg import RPGConfig, RPGError, RPGManifestMismatchError, RPGModel, RPGStateError, apply_rpg
-from hf_rpg.generator import derive_key, permute, signed_indices
-from hf_rpg.trainer import load_weights_into
+from hf_rpg.api.trainer import load_weights_into
+from hf_rpg.spec.generator import derive_key, permute, signed_indices
 
 
 def _model(**config):
@@ -72,7 +72,7 @@ def test_embedding_ids_are_checked_on_every_path(index_cache, monkeypatch):
         model(input_ids=bad)
     # where checking would sync a GPU or break a compiled graph, an out-of-range id is sent past
     # the ring's end, so the lookup itself fails instead of reading the next tensor's weights
-    monkeypatch.setattr(hf_rpg.engine, "_compiling", lambda: True)
+    monkeypatch.setattr(hf_rpg.runtime.engine, "_compiling", lambda: True)
     with pytest.raises((IndexError, RuntimeError, ValueError)):
         model(input_ids=bad)
     good = model(input_ids=torch.tensor([[1, vocab - 1]]))

@@ -19,8 +19,8 @@ from torch import nn
 
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
 from hf_rpg.errors import RPGConfigError, RPGManifestMismatchError
-from hf_rpg.lowrank import LOWRANK_VERSION, projection, reference_projection_sign
-from hf_rpg.manifest import Layout
+from hf_rpg.format.manifest import Layout
+from hf_rpg.spec.lowrank import LOWRANK_VERSION, projection, reference_projection_sign
 
 # (seed, target name, rank, in_features) -> the signs of P, row-major
 GOLDEN_PROJECTION = [

@@ -74,9 +74,9 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_lazy_and_type_checking_imports():
     graph = import_graph()
-    assert "hf_rpg.engine" in graph["hf_rpg.parametrize"]  # under TYPE_CHECKING
-    assert "hf_rpg.trainer" in graph["hf_rpg"]  # inside __getattr__
-    assert "hf_rpg.examples_support.demo" in graph["hf_rpg.cli"]  # inside a function
+    assert "hf_rpg.runtime.engine" in graph["hf_rpg.runtime.parametrize"]  # under TYPE_CHECKING
+    assert "hf_rpg.api.trainer" in graph["hf_rpg"]  # inside __getattr__
+    assert "hf_rpg.examples_support.demo" in graph["hf_rpg.api.cli"]  # inside a function
 
 
 def test_no_import_cycles():
@@ -86,18 +86,48 @@ def test_no_import_cycles():
     assert _cycles({m: deps - {"hf_rpg"} for m, deps in graph.items()}) == []
 
 
-def test_files_and_checkpoints_do_not_know_the_model():
+# The layers, bottom-up: a module imports only from its own layer, the layers below it and
+# the foundation (errors, version, describe: imported by every layer, importing nothing).
+LAYERS = ("spec", "format", "runtime", "api")
+FOUNDATION = {"hf_rpg.errors", "hf_rpg.version", "hf_rpg.describe"}
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def test_every_library_module_sits_in_a_layer():
+    outside = {m for m in import_graph() if _layer(m) is None} - FOUNDATION - {"hf_rpg"}
+    studies = {m for m in outside if m.startswith("hf_rpg.examples_support") or m in DEPRECATED_ALIASES}
+    assert outside - studies == {"hf_rpg.sweep"}
+
+
+def test_imports_run_one_way_between_the_layers():
+    # (the study code outside the layers is kept apart by the test below)
     graph = import_graph()
-    for low in ("checkpoint", "hub", "files", "card", "metadata", "manifest", "version", "base_model"):
-        assert "hf_rpg.model" not in graph[f"hf_rpg.{low}"], low
-    assert graph["hf_rpg.version"] == set()
-    assert graph["hf_rpg.describe"] == set()
+    for module in FOUNDATION:
+        assert graph[module] == set(), module
+    upward = {
+        (module, dep)
+        for module, deps in graph.items()
+        if (level := _layer(module)) is not None
+        for dep in deps
+        if dep not in FOUNDATION and (_layer(dep) or 0) > level
+    }
+    assert upward == set()
+
+
+def test_the_layering_test_would_see_an_upward_import():
+    graph = import_graph()
+    assert "hf_rpg.spec.generator" in graph["hf_rpg.format.manifest"]  # a downward import is seen
+    assert _layer("hf_rpg.format.manifest") < _layer("hf_rpg.api.config")
 
 
 def test_the_core_never_imports_the_example_plumbing():
     graph = import_graph()
     core = [m for m in graph if not m.startswith("hf_rpg.examples_support") and m not in DEPRECATED_ALIASES]
-    allowed = {"hf_rpg.cli", "hf_rpg.sweep"}  # ``hf-rpg demo`` and ``hf-rpg sweep`` run the examples
+    allowed = {"hf_rpg.api.cli", "hf_rpg.sweep"}  # ``hf-rpg demo`` and ``hf-rpg sweep`` run the examples
     offenders = {m: sorted(d for d in graph[m] if d.startswith("hf_rpg.examples_support")) for m in core}
     assert {m: d for m, d in offenders.items() if d and m not in allowed} == {}
     assert "hf_rpg.examples_support.demo" not in graph["hf_rpg.examples_support.data"]

@@ -11,8 +11,8 @@ from checkpoint_helpers import CONFIG, WEIGHTS, read_weights
 from conftest import MODELS, forward_backward, make_bert_cls, model_outputs
 
 from hf_rpg import RPGConfig, RPGConfigError, RPGModel, apply_rpg, prune_ring
-from hf_rpg.cli import main
-from hf_rpg.ring_storage import INT8_BLOCK_SIZE, decode_ring, encode_ring
+from hf_rpg.api.cli import main
+from hf_rpg.format.ring_storage import INT8_BLOCK_SIZE, decode_ring, encode_ring
 
 
 def _model(dof: float = 0.5) -> RPGModel:

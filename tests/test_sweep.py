@@ -18,8 +18,8 @@ import torch
 from conftest import make_resnet
 
 from hf_rpg import RPGConfig, RPGConfigError, apply_rpg
-from hf_rpg.cli import main
-from hf_rpg.generator import build_signed_index
+from hf_rpg.api.cli import main
+from hf_rpg.spec.generator import build_signed_index
 from hf_rpg.sweep import SweepConfig, log_linear_fit, run_sweep, sweep_points
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
     out = tmp_path / "sweep"
     args = [*TINY, "--dof", "0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "--seeds", "0", "1", "--output-dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "hf_rpg.cli", "sweep", *args], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "hf_rpg.api.cli", "sweep", *args], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     runs = out / "runs.jsonl"
     deadline = time.monotonic() + 120
@@ -111,7 +111,7 @@ def test_bad_arguments_are_one_line_and_a_nonzero_exit(tmp_path, capsys, argv, c
 
 
 def test_a_bad_argument_in_a_fresh_process_is_one_line_on_stderr(tmp_path):
-    command = [sys.executable, "-m", "hf_rpg.cli", "sweep", "--dof", "0.1", "1", "--output-dir", str(tmp_path)]
+    command = [sys.executable, "-m", "hf_rpg.api.cli", "sweep", "--dof", "0.1", "1", "--output-dir", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     ours = [line for line in result.stderr.splitlines() if line.startswith(("hf-rpg", "usage"))]

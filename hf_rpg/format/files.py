@@ -15,8 +15,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .errors import RPGCheckpointError
-from .version import __version__
+from ..errors import RPGCheckpointError
+from ..version import __version__
 
 CONFIG_NAME = "rpg_config.json"
 WEIGHTS_NAME = "rpg_model.safetensors"

@@ -1,5 +1,5 @@
 """The base model a checkpoint names, rebuilt: from ``config.json`` (replace mode) or from
-the pretrained reference it records (delta mode). ``hf_rpg.model.load_checkpoint`` puts the
+the pretrained reference it records (delta mode). ``hf_rpg.api.model.load_checkpoint`` puts the
 checkpoint's ring(s) on it."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import RPGCheckpointError
+from ..format.files import CONFIG_NAME, MODEL_CONFIG_NAME
 from .config import RPGConfig
-from .errors import RPGCheckpointError
-from .files import CONFIG_NAME, MODEL_CONFIG_NAME
 
 
 def _model_class(meta: dict[str, Any]) -> type:

@@ -14,20 +14,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..errors import RPGConfigError, RPGManifestMismatchError, RPGStateError, RPGTargetError
+from ..format.files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
+from ..format.manifest import Layout, TargetLayout
+from ..format.metadata import binding_digest
+from ..format.report import DoFReport
+from ..runtime.engine import TargetSpec, WeightEngine
+from ..runtime.parametrize import GeneratedSource, attach, detach, is_generated, original_class
+from ..runtime.quantized import additive_layer_supported, dequantize, is_distributed_tensor, quantization_of
+from ..spec.generator import ring_normal_init
+from ..spec.lowrank import LOWRANK_KINDS, features
 from .base_model import build_base_model
 from .checkpoint import RING_PREFIX, check_weights_file, load_tensors, read_metadata, save_checkpoint, stored_entries
 from .config import AUTO_INDEX_CACHE_ELEMENTS, AUTO_RANK, AUTO_RANK_ELEMENTS_PER_DOF, RPGConfig
-from .engine import TargetSpec, WeightEngine
-from .errors import RPGConfigError, RPGManifestMismatchError, RPGStateError, RPGTargetError
-from .files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
-from .generator import ring_normal_init
 from .hub import push_to_hub
-from .lowrank import LOWRANK_KINDS, features
-from .manifest import Layout, TargetLayout, assign_rings, build_layout
-from .metadata import binding_digest
-from .parametrize import GeneratedSource, attach, detach, is_generated, original_class
-from .quantized import additive_layer_supported, dequantize, is_distributed_tensor, quantization_of
-from .report import DoFReport
+from .plan import assign_rings, build_layout
 from .targets import FoundTarget, Owner, fans, find_targets, matches, tensor_std, trainable_heads
 
 if TYPE_CHECKING:
@@ -215,7 +216,7 @@ def _regenerates(config: RPGConfig, layout: Layout) -> bool:
 
 
 def _serving(target: FoundTarget, config: RPGConfig, entry: TargetLayout) -> str:
-    """How a target is served (see ``hf_rpg.parametrize``)."""
+    """How a target is served (see ``hf_rpg.runtime.parametrize``)."""
     if config.mode != "delta":
         return "replace"
     if entry.rank is not None:
@@ -700,7 +701,7 @@ class RPGModel(nn.Module):
 
         ``ring_storage``: ``None`` (the ring as is), ``"float32"``, ``"float16"``, ``"int8"``
         (per-block scales) or ``"sparse"`` (for pruned rings). See
-        ``hf_rpg.checkpoint.save_checkpoint`` for the keyword arguments.
+        ``hf_rpg.api.checkpoint.save_checkpoint`` for the keyword arguments.
         """
         self._check_usable()
         _check_keywords("save_pretrained", kwargs, save_checkpoint, skip=2)
@@ -727,7 +728,7 @@ class RPGModel(nn.Module):
 
         Replace mode rebuilds the architecture from ``config.json`` and needs no base
         weights. Delta mode loads the base model the checkpoint records, or uses
-        ``base_model``. See ``hf_rpg.model.load_checkpoint`` for the keyword arguments.
+        ``base_model``. See ``hf_rpg.api.model.load_checkpoint`` for the keyword arguments.
         """
         _check_keywords("from_pretrained", kwargs, load_checkpoint, skip=2)
         return load_checkpoint(path_or_repo_id, base_model=base_model, **kwargs)
@@ -735,7 +736,7 @@ class RPGModel(nn.Module):
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Upload the compact checkpoint and a generated model card to the Hub.
 
-        See ``hf_rpg.hub.push_to_hub`` for the keyword arguments (``private``, ``token``,
+        See ``hf_rpg.api.hub.push_to_hub`` for the keyword arguments (``private``, ``token``,
         ``commit_message``, ``revision``, ``create_pr``, ``card_info``).
         """
         self._check_usable()

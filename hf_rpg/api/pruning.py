@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import RPGConfigError
+from ..errors import RPGConfigError
 
 if TYPE_CHECKING:
     from .model import RPGModel

@@ -1,7 +1,7 @@
 """Uploading compact checkpoints to the Hub (``push_to_hub``, ``hf-rpg push``).
 
-Finding a checkpoint's files (a directory or a Hub repo) is ``hf_rpg.files``; the model
-card is ``hf_rpg.card``. Both are re-exported here, where they were first defined.
+Finding a checkpoint's files (a directory or a Hub repo) is ``hf_rpg.format.files``; the model
+card is ``hf_rpg.format.card``. Both are re-exported here, where they were first defined.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 from huggingface_hub import HfApi
 
-from .card import CARD_MARKER, is_generated_card, model_card_text
+from ..format.card import CARD_MARKER, is_generated_card, model_card_text
+from ..format.files import CARD_NAME, CHECKPOINT_FILES, CONFIG_NAME, resolve_checkpoint_files
 from .checkpoint import read_metadata
-from .files import CARD_NAME, CHECKPOINT_FILES, CONFIG_NAME, resolve_checkpoint_files
 
 
 class SavesPretrained(Protocol):

@@ -4,7 +4,7 @@
 their gradients back into the ring. It saves nothing per generated element: indices come
 from the engine (the int32 cache, or recomputed from the seed), so backward needs only the
 ring's size. When each weight is generated, and for how long it lives, is the engine's
-business (``hf_rpg.engine``).
+business (``hf_rpg.runtime.engine``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Protocol
 
 import torch
 
-from . import index_encoding, index_kernels
-from .generator import GeneratorKey
-from .manifest import Layout, TargetLayout
+from ..format.manifest import Layout, TargetLayout
+from ..spec import index_encoding, index_kernels
+from ..spec.generator import GeneratorKey
 
 
 class WeightEngine(Protocol):
-    """What the autograd function needs from the engine (``hf_rpg.engine.WeightEngine``):
+    """What the autograd function needs from the engine (``hf_rpg.runtime.engine.WeightEngine``):
     where each target's indices come from."""
 
     cache_indices: bool

@@ -1,8 +1,8 @@
 """Compact checkpoint files: writing and reading the ring(s) plus seeds, never a per-weight map.
 
-This module reads and writes files only. Building a model from them is ``hf_rpg.model``
-(``load_checkpoint``, ``RPGModel.from_pretrained``), with ``hf_rpg.base_model``; finding the
-files (a directory or a Hub repo) is ``hf_rpg.files``; the model card is ``hf_rpg.card``.
+This module reads and writes files only. Building a model from them is ``hf_rpg.api.model``
+(``load_checkpoint``, ``RPGModel.from_pretrained``), with ``hf_rpg.api.base_model``; finding the
+files (a directory or a Hub repo) is ``hf_rpg.format.files``; the model card is ``hf_rpg.format.card``.
 
 A checkpoint is a directory (local, or a Hub repo) holding:
 
@@ -14,7 +14,7 @@ A checkpoint is a directory (local, or a Hub repo) holding:
 - ``config.json``: the architecture (replace mode loads from it, with no base weights);
 - ``README.md``: a model card.
 
-Saves are atomic (``hf_rpg.atomic``): everything is written into a staging directory
+Saves are atomic (``hf_rpg.format.atomic``): everything is written into a staging directory
 beside the target and moved into place only once all is written, ``rpg_config.json``
 last; a failure puts the previous files back. ``rpg_config.json`` records the SHA-256 of
 the weights file and the weights file records a digest of what in ``rpg_config.json``
@@ -36,18 +36,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .atomic import BACKUP_DIR, leftover_staging_dirs, write_directory_atomically
-from .card import is_generated_card, model_card_text
+from ..errors import RPGCheckpointError, RPGManifestMismatchError
+from ..format.atomic import BACKUP_DIR, leftover_staging_dirs, write_directory_atomically
+from ..format.card import is_generated_card, model_card_text
+from ..format.files import CARD_NAME, CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME
+from ..format.manifest import Layout
+from ..format.metadata import BINDING_KEY, FORMAT_VERSION, binding_digest, check_metadata
+from ..format.report import DoFReport
+from ..format.ring_storage import check_storage, decode_ring, encode_ring
+from ..runtime.parametrize import original_class
+from ..spec.generator import GENERATOR_VERSION
+from ..version import __version__
 from .config import RPGConfig
-from .errors import RPGCheckpointError, RPGManifestMismatchError
-from .files import CARD_NAME, CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME
-from .generator import GENERATOR_VERSION
-from .manifest import Layout
-from .metadata import BINDING_KEY, FORMAT_VERSION, binding_digest, check_metadata
-from .parametrize import original_class
-from .report import DoFReport
-from .ring_storage import check_storage, decode_ring, encode_ring
-from .version import __version__
 
 RING_PREFIX = "rpg_rings."
 STORAGE_PREFIX = "rpg_ring_storage."  # extra tensors of an encoded ring: f"{STORAGE_PREFIX}{ring}.{suffix}"
@@ -56,7 +56,7 @@ STORAGE_PREFIX = "rpg_ring_storage."  # extra tensors of an encoded ring: f"{STO
 class CheckpointModel(Protocol):
     """What saving and loading tensors need of a model (an ``CheckpointModel`` has all of it).
 
-    A protocol rather than an import: ``hf_rpg.model`` builds on this module, not the
+    A protocol rather than an import: ``hf_rpg.api.model`` builds on this module, not the
     other way round.
     """
 
@@ -233,7 +233,7 @@ def save_checkpoint(
 
     Either every checkpoint file is replaced or none is: a failure leaves the previous
     checkpoint (and a fresh directory: nothing at all) in place, and other files in the
-    directory are never touched (see ``hf_rpg.atomic`` and ``docs/reliability.md``).
+    directory are never touched (see ``hf_rpg.format.atomic`` and ``docs/reliability.md``).
 
     Args:
         is_main_process: Whether this process writes. By default, under an initialised
@@ -251,7 +251,7 @@ def save_checkpoint(
         ring_storage: How the ring(s) are written: ``None`` (default) as they are (their own
             dtype, float32 normally), ``"float32"``, ``"float16"``, ``"int8"`` (symmetric
             absmax, one float32 scale per block of 256 entries) or ``"sparse"`` (non-zero
-            entries only, for pruned rings); see ``hf_rpg.ring_storage``. Loading decodes to
+            entries only, for pruned rings); see ``hf_rpg.format.ring_storage``. Loading decodes to
             the ring's dtype; ``rpg_config.json`` records the choice under ``ring_storage``.
 
     Raises:
@@ -301,7 +301,7 @@ def save_checkpoint(
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """Parse and check ``rpg_config.json`` (see ``hf_rpg.metadata.check_metadata``)."""
+    """Parse and check ``rpg_config.json`` (see ``hf_rpg.format.metadata.check_metadata``)."""
     try:
         meta = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or UTF-8

@@ -77,7 +77,7 @@ def model_card_text(
     datasets), the DoF and sizes, metrics when given, and how to load it.
     """
     # Only format_version, generator, config and manifest are required in rpg_config.json
-    # (hf_rpg.metadata); the card leaves out what a hand-made or older file lacks.
+    # (hf_rpg.format.metadata); the card leaves out what a hand-made or older file lacks.
     base = meta.get("base_model") or {}
     mode = meta["config"]["mode"]
     card_data = ModelCardData(

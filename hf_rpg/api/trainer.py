@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
+from ..errors import RPGManifestMismatchError
+from ..format.manifest import Layout
+from ..format.metadata import binding_digest
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_weights_file, load_tensors, read_metadata
 from .config import RPGConfig
-from .errors import RPGManifestMismatchError
-from .manifest import Layout
-from .metadata import binding_digest
 from .model import RPGModel
 
 TRAINING_ARGS_NAME = "training_args.bin"  # the name transformers' Trainer uses

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .errors import RPGCheckpointError, RPGConfigError
+from ..errors import RPGCheckpointError, RPGConfigError
 
 RING_STORAGES = ("float32", "float16", "int8", "sparse")
 INT8_BLOCK_SIZE = 256

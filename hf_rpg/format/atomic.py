@@ -27,7 +27,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import RPGCheckpointError, RPGError
+from ..errors import RPGCheckpointError, RPGError
 
 STAGING_MARK = ".rpg-tmp-"
 BACKUP_DIR = "previous"

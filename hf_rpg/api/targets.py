@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import RPGTargetError
+from ..runtime.quantized import additive_layer_supported, logical_shape, quantization_of
 from .config import RPGConfig
-from .errors import RPGTargetError
-from .quantized import additive_layer_supported, logical_shape, quantization_of
 
 try:  # transformers' GPT-2 style linear layer (weight stored as [in, out])
     from transformers.pytorch_utils import Conv1D

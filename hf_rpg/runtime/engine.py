@@ -6,7 +6,7 @@
   does not keep it: while the owner runs, a saved-tensor hook replaces every tensor that
   shares the weight's memory with a small token, and backward regenerates the weight from
   the ring when it needs it. The generating autograd function itself saves nothing per
-  element (``hf_rpg.ring_autograd``). So only the weights of the layers computing right
+  element (``hf_rpg.runtime.ring_autograd``). So only the weights of the layers computing right
   now exist, the same trade activation checkpointing makes, applied to weights: one more
   gather per weight in backward. Under gradient checkpointing the recomputed forward
   generates again, and under ``torch.compile`` the compiled graph decides what it saves.
@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from . import index_encoding
-from .errors import RPGStateError
-from .generator import GeneratorKey, build_signed_index, derive_key, signed_indices
-from .lowrank import delta_weight, features, projection
-from .manifest import Layout, TargetLayout
+from ..errors import RPGStateError
+from ..format.manifest import Layout, TargetLayout
+from ..spec import index_encoding
+from ..spec.generator import GeneratorKey, build_signed_index, derive_key, signed_indices
+from ..spec.lowrank import delta_weight, features, projection
 from .ring_autograd import _GenerateFromRing, _Request, buffer_is_free
 
 if TYPE_CHECKING:

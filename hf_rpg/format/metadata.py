@@ -21,12 +21,12 @@ import re
 import warnings
 from typing import Any
 
-from .describe import describe
-from .describe import is_int as _is_int
-from .errors import RPGCheckpointError, RPGGeneratorVersionError
-from .generator import SUPPORTED_GENERATORS
+from ..describe import describe
+from ..describe import is_int as _is_int
+from ..errors import RPGCheckpointError, RPGGeneratorVersionError
+from ..spec.generator import SUPPORTED_GENERATORS
+from ..version import __version__
 from .ring_storage import check_description
-from .version import __version__
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "generator", "config", "manifest")

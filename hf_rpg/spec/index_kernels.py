@@ -58,7 +58,7 @@ FALLBACK_CHUNK = 1 << 18
 _FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 _GRAD_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
-_kernels_module = None  # hf_rpg._numba_kernels once imported; False when numba is missing
+_kernels_module = None  # hf_rpg.spec._numba_kernels once imported; False when numba is missing
 _pool: ThreadPoolExecutor | None = None  # worker threads beyond the caller's, made on first use
 
 

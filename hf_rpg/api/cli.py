@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import RPGError
-from .report import percent, size_ratio
-from .ring_storage import describe
-from .version import __version__
+from ..errors import RPGError
+from ..format.report import percent, size_ratio
+from ..format.ring_storage import describe
+from ..version import __version__
 
 DOF_HELP = "ring size (an int such as 18116), fraction (0.25) or percentage (25%%) of the generated elements"
 
@@ -54,8 +54,8 @@ def _quiet_progress_bars() -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .examples_support.demo import run_digits_demo
-    from .examples_support.threads import use_threads
+    from ..examples_support.demo import run_digits_demo
+    from ..examples_support.threads import use_threads
 
     _quiet_progress_bars()
     print(use_threads(args.threads), flush=True)
@@ -67,7 +67,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import config_from_args, print_summary, run_sweep
+    from ..sweep import config_from_args, print_summary, run_sweep
 
     _quiet_progress_bars()
     result = run_sweep(config_from_args(args), args.output_dir)
@@ -76,8 +76,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from ..format.files import resolve_checkpoint_files
     from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_metadata
-    from .files import resolve_checkpoint_files
 
     files = resolve_checkpoint_files(args.checkpoint, revision=args.revision)
     meta = read_metadata(files[CONFIG_NAME])
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     sweep = sub.add_parser("sweep", help="accuracy against DoF: RPG, dense, equal-DoF narrow dense, ablations; plots")
-    from .sweep import add_sweep_arguments  # datasets and matplotlib load only when a sweep runs
+    from ..sweep import add_sweep_arguments  # datasets and matplotlib load only when a sweep runs
 
     add_sweep_arguments(sweep, parse_dof)
     sweep.set_defaults(func=_cmd_sweep)

@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from .describe import describe as _describe
-from .errors import RPGConfigError
+from ..describe import describe as _describe
+from ..errors import RPGConfigError
+from ..format.manifest import RING_NAME_PATTERN
 
 Mode = Literal["replace", "delta"]
 Init = Literal["random", "project"]
@@ -35,8 +36,6 @@ AUTO_RANK = 8
 AUTO_RANK_ELEMENTS_PER_DOF = 4
 # index_cache="auto": an int32 cache up to this many generated elements (1 GiB of indices).
 AUTO_INDEX_CACHE_ELEMENTS = 1 << 28
-# Ring names become safetensors keys and ParameterDict keys: keep them plain.
-RING_NAME_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 MAX_SEED = 2**64 - 1
 
 Pattern = str | list[str] | None
@@ -113,7 +112,7 @@ class RPGConfig:
             transformers ``Conv1D`` outside the task head(s); ``"all-linear"`` (PEFT's
             keyword) the linear ones only. ``None`` is ``"all"`` in replace mode; in delta
             mode it is the architecture's attention query and value projections, as PEFT's
-            LoRA defaults (``hf_rpg.targets.DELTA_DEFAULT_TARGETS``: ``query``/``value``
+            LoRA defaults (``hf_rpg.api.targets.DELTA_DEFAULT_TARGETS``: ``query``/``value``
             for BERT and ViT, ``q_proj``/``v_proj`` for Llama, Mistral, Qwen, Gemma, OPT...),
             and ``"all"`` for architectures without an entry (convolutional networks). As
             in PEFT, a string is a regex that must match the full module name; a list

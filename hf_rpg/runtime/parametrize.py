@@ -9,7 +9,7 @@ original class and puts an ordinary Parameter back.
 
 The swapped class also wraps the owner's ``forward``: the engine generates the owner's
 weights when the owner runs (after its pre-forward hooks, FSDP's unshard among them) and
-releases them when it returns (see ``hf_rpg.engine``). Three ways to serve a target:
+releases them when it returns (see ``hf_rpg.runtime.engine``). Three ways to serve a target:
 
 - ``replace``: the attribute is generated entirely; the Parameter is gone.
 - ``merged`` (delta mode, a dense base): inside the owner's forward the attribute reads
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from ..errors import RPGStateError
 from .engine import ADDED_TO_OUTPUT
-from .errors import RPGStateError
 
 if TYPE_CHECKING:
     from .engine import WeightEngine
