@@ -33,22 +33,23 @@ import torch  # noqa: E402
 
 import hf_rpg.runtime.ring_autograd  # noqa: E402
 from benchmarks.common import interleaved_medians, machine_info  # noqa: E402
-from benchmarks.sections import _engine  # noqa: E402
-from hf_rpg import index_kernels  # noqa: E402
+from benchmarks.sections import ring_indices  # noqa: E402
+from hf_rpg.runtime.buffer_pool import BufferPool  # noqa: E402
 from hf_rpg.runtime.ring_autograd import _GenerateFromRing, _Request  # noqa: E402
+from hf_rpg.spec import index_kernels  # noqa: E402
 
 BEGIN, END = "<!-- index-kernels:begin -->", "<!-- index-kernels:end -->"
 
 
 def _engine_fns(total: int, size: int, cache: bool) -> dict:
     """Forward and backward of today's engine (cache or tensor on-the-fly path), timed apart."""
-    engine, root, layout = _engine(total, size, cache)
+    engine, root, layout = ring_indices(total, size, cache)
     ring = root.rpg_rings["default"]
     requests = [_Request(t, None) for t in layout.targets]
     grads = [torch.randn(t.shape) for t in layout.targets]
     state = {}
 
-    out = engine._pooled_buffer(sum(r.target.numel for r in requests), ring.dtype, ring.device)
+    out = BufferPool(total).take(sum(r.target.numel for r in requests), ring.dtype, ring.device)
     # the engine's on-the-fly path goes through the fused kernels now: time the tensor path here
     uses_kernels = hf_rpg.runtime.ring_autograd._kernels_apply
 
@@ -72,7 +73,7 @@ def _engine_fns(total: int, size: int, cache: bool) -> dict:
 
 def _kernel_fns(total: int, size: int) -> dict:
     """Forward and backward through hf_rpg.spec.index_kernels, same targets and gains."""
-    engine, root, layout = _engine(total, size, cache=False)
+    engine, root, layout = ring_indices(total, size, cache=False)
     ring = root.rpg_rings["default"].detach()
     key = engine.keys["default"]
     targets = layout.targets
@@ -101,7 +102,7 @@ def jit_seconds() -> dict:
     code = (
         "import time, torch\n"
         "t0 = time.perf_counter()\n"
-        "from hf_rpg import index_kernels as K\n"
+        "from hf_rpg.spec import index_kernels as K\n"
         "from hf_rpg.spec.generator import derive_key\n"
         "k = derive_key(0, 'default')\n"
         "K.available('cpu'); t1 = time.perf_counter()\n"

@@ -50,7 +50,7 @@ if kind == "gpt2-medium":
         lora_size = sum(8 * (m.weight.shape[0] + m.weight.shape[1]) for n, m in model.named_modules()
                         if n.endswith(tuple(targets)) and hasattr(m, "weight"))
         model = apply_rpg(model, RPGConfig(mode="delta", dof=lora_size, target_modules=targets))
-        info["index_cache_bytes"] = model._engine.index_cache_bytes()
+        info["index_cache_bytes"] = model.runtime_stats().index_cache_bytes
     else:  # the frozen base alone, back-propagating to its inputs: the floor of any adapter
         for p in model.parameters():
             p.requires_grad_(False)
@@ -70,7 +70,7 @@ else:
     rings = {{"attention": r".*self_attn.*", "mlp": r".*mlp.*"}}
     model = apply_rpg(model, RPGConfig(dof=4_000_000, seed=0, rings=rings), device="cpu")
     info["rings"] = {{n: [r.size, r.elements] for n, r in model.layout.rings.items()}}
-    info["index_cache_bytes"] = model._engine.index_cache_bytes()
+    info["index_cache_bytes"] = model.runtime_stats().index_cache_bytes
     info["generated"] = model.layout.generated_elements
     ids = torch.randint(0, config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
     batch = {{"input_ids": ids, "labels": ids}}

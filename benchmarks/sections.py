@@ -27,6 +27,8 @@ from benchmarks.common import (
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
 from hf_rpg.api.checkpoint import checkpoint_bytes
 from hf_rpg.format.manifest import Layout, RingLayout, TargetLayout
+from hf_rpg.runtime.buffer_pool import BufferPool
+from hf_rpg.runtime.index_cache import RingIndices
 from hf_rpg.runtime.ring_autograd import _GenerateFromRing, _Request
 from hf_rpg.spec.generator import build_signed_index, derive_key
 
@@ -153,9 +155,9 @@ def memory(quick: bool) -> dict:
     step()
     p = cached.layout.generated_elements
     per_element = {
-        "index_cache_int32": cached._engine.index_cache_bytes() / p,
-        "index_cache_none": fly._engine.index_cache_bytes() / p,
-        "training_buffer_between_steps": tensor_bytes(b for bs in cached._engine._pool.values() for b in bs) / p,
+        "index_cache_int32": cached.runtime_stats().index_cache_bytes / p,
+        "index_cache_none": fly.runtime_stats().index_cache_bytes / p,
+        "training_buffer_between_steps": cached.runtime_stats().pooled_bytes / p,
         "reference_implementation": 12.0,
     }
     del cached, fly
@@ -184,18 +186,16 @@ class _Root(torch.nn.Module):
         self.rpg_rings = torch.nn.ParameterDict({"default": torch.nn.Parameter(ring)})
 
 
-def _engine(total: int, size: int, cache: bool, tensors: int = 8):
-    """An engine over ``tensors`` equal targets of ``total`` elements in all."""
-    from hf_rpg.runtime.engine import TargetSpec, WeightEngine
-
+def ring_indices(total: int, size: int, cache: bool, tensors: int = 8):
+    """The ring indices (``RingIndices``, what the autograd function gathers through) of
+    ``tensors`` equal targets of ``total`` elements in all, the root holding the ring, the layout."""
     per = total // tensors
     targets = [TargetLayout(f"t{i}.weight", (per,), "default", i * per, 0.9) for i in range(tensors)]
     layout = Layout(rings={"default": RingLayout("default", size, per * tensors)}, targets=targets)
     root = _Root(torch.randn(size))
-    specs = [TargetSpec(torch.float32, torch.device("cpu")) for _ in targets]
-    engine = WeightEngine(root, layout, 0, specs=specs, cache_indices=cache)
-    engine.build_index_caches()
-    return engine, root, layout
+    indices = RingIndices(layout, 0, cache, lambda ring_name: root.rpg_rings[ring_name].element_size())
+    indices.build()
+    return indices, root, layout
 
 
 def generation(quick: bool) -> list[dict]:
@@ -204,21 +204,22 @@ def generation(quick: bool) -> list[dict]:
     rows = []
     for size in (total // 100, total // 10, total // 2):
         for cache in (True, False):
-            engine, root, layout = _engine(total, size, cache)
+            engine, root, layout = ring_indices(total, size, cache)
+            pool = BufferPool(total)
             ring = root.rpg_rings["default"]
             requests = [_Request(t, None) for t in layout.targets]
             grads = [torch.randn(t.shape) for t in layout.targets]
 
-            def forward_backward(engine=engine, ring=ring, requests=requests, grads=grads):
-                out = engine._pooled_buffer(sum(r.target.numel for r in requests), ring.dtype, ring.device)
+            def forward_backward(engine=engine, ring=ring, requests=requests, grads=grads, pool=pool):
+                out = pool.take(sum(r.target.numel for r in requests), ring.dtype, ring.device)
                 weights = _GenerateFromRing.apply(ring, engine, "default", requests, out)
                 torch.autograd.backward(weights, grads)
                 ring.grad = None
                 del weights
 
-            def forward_only(engine=engine, ring=ring, requests=requests):
+            def forward_only(engine=engine, ring=ring, requests=requests, pool=pool):
                 with torch.no_grad():
-                    out = engine._pooled_buffer(sum(r.target.numel for r in requests), ring.dtype, ring.device)
+                    out = pool.take(sum(r.target.numel for r in requests), ring.dtype, ring.device)
                     _GenerateFromRing.apply(ring, engine, "default", requests, out)
 
             times = interleaved_medians(
@@ -508,11 +509,11 @@ def peers_once(repeats: int) -> list[dict]:
         model.to(device)
         steps[name] = train_step_fn(model, batch)
         steps[name]()  # builds the reusable buffer, counted below
-        engine = model._engine
+        stats = model.runtime_stats()
         info[name] = {
             "trainable": model.dof_report().trainable,
             "adapter_bytes": _adapter_bytes(model.save_pretrained),
-            "buffer_bytes": engine.index_cache_bytes() + tensor_bytes(b for bs in engine._pool.values() for b in bs),
+            "buffer_bytes": stats.index_cache_bytes + stats.pooled_bytes,
         }
     times = interleaved_medians(steps, repeats=repeats)
     base = times["frozen base"]["median"]

@@ -57,7 +57,7 @@ from .api.config import RPGConfig
 from .api.model import RPGModel, apply_rpg
 from .errors import RPGConfigError
 from .examples_support.demo import RESNET_WIDTHS, VIT_WIDTHS, build_digits_model
-from .spec.generator import build_signed_index
+from .spec.generator import build_signed_index, derive_key
 
 DATASETS = {"digits": 16, "fashion_mnist": 28, "rt_polarity": None}  # name -> image size (None: text)
 BUILT_IN_MODELS = ("resnet", "vit", "minilm")
@@ -309,9 +309,8 @@ def narrow_widths(
 
 def _signed_override(model: RPGModel, variant: str) -> None:
     """Replace each ring's ``rpg-v1`` indices by the ablation's (see the module doc)."""
-    engine = model._engine
     for name, ring in model.layout.rings.items():
-        index = build_signed_index(ring.elements, ring.size, engine.keys[name]).to(torch.int64)
+        index = build_signed_index(ring.elements, ring.size, derive_key(model.rpg_config.seed, name)).to(torch.int64)
         negative = index >= ring.size
         tiled = torch.arange(ring.elements, dtype=torch.int64) % ring.size
         if variant == "no_permutation":
@@ -320,7 +319,7 @@ def _signed_override(model: RPGModel, variant: str) -> None:
             index = index - ring.size * negative
         else:  # plain_tiling
             index = tiled
-        engine.set_index_override(name, index.to(torch.int32))
+        model.set_index_override(name, index.to(torch.int32))
 
 
 def build_point_model(

@@ -6,7 +6,8 @@ import pytest
 import torch
 from architectures import ARCHITECTURES, build
 
-from hf_rpg import RPGConfig, apply_rpg, index_encoding
+from hf_rpg import RPGConfig, apply_rpg
+from hf_rpg.spec import index_encoding
 
 
 @pytest.mark.slow
@@ -46,8 +47,9 @@ def test_a_model_compiled_before_any_eager_call_matches_eager(monkeypatch):
     batch = {"input_ids": ARCHITECTURES["gpt2"].batch(0)["input_ids"]}
     fresh = apply_rpg(build("gpt2"), RPGConfig(dof=0.2, seed=1)).eval()
     reference = apply_rpg(build("gpt2"), RPGConfig(dof=0.2, seed=1)).eval()
-    assert fresh._engine.index_cache_bytes() == 0
+    assert fresh.runtime_stats().index_cache_bytes == 0
     with torch.no_grad():
         compiled = torch.compile(fresh)(**batch).logits
         torch.testing.assert_close(compiled, reference(**batch).logits, rtol=1e-5, atol=1e-6)
-    assert all(fresh._engine._sign_bit.values()) and fresh._engine._sign_bit
+    sign_bit = fresh.runtime_stats().sign_bit_rings
+    assert sign_bit and all(sign_bit.values())

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import MODELS, model_outputs
 
-import hf_rpg.runtime.ring_autograd
-from hf_rpg import RPGConfig, RPGModel, apply_rpg, index_encoding
+from hf_rpg import RPGConfig, RPGModel, apply_rpg
+from hf_rpg.spec import index_encoding
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none on this machine")
 
@@ -27,14 +27,14 @@ def test_cuda_generates_the_cpu_weights_bit_for_bit(name, sign_bit_on_cpu, monke
         monkeypatch.setattr(index_encoding, "SIGN_BIT_MIN_SIGNED_BYTES", 0)
     torch.manual_seed(0)
     model = apply_rpg(MODELS[name].build(), RPGConfig(dof=0.2, seed=4, index_cache="int32"))
-    model._engine.build_index_caches()  # built on first use otherwise
-    assert all(model._engine._sign_bit.values()) == sign_bit_on_cpu
+    model.build_index_caches()  # built on first use otherwise
+    assert all(model.runtime_stats().sign_bit_rings.values()) == sign_bit_on_cpu
     with torch.no_grad():
         on_cpu = {n: w.clone() for n, w in model.generated_weights()}
         model.cuda()
         model.clear_cache()
         on_gpu = {n: w.cpu() for n, w in model.generated_weights()}
-    assert not any(model._engine._sign_bit.values())
+    assert not any(model.runtime_stats().sign_bit_rings.values())
     for key, weight in on_cpu.items():
         assert torch.equal(on_gpu[key], weight), key
     model.cpu()  # and back: the CPU layout again (re-encoded at first use), the same weights
@@ -42,7 +42,7 @@ def test_cuda_generates_the_cpu_weights_bit_for_bit(name, sign_bit_on_cpu, monke
     with torch.no_grad():
         for key, weight in model.generated_weights():
             assert torch.equal(weight, on_cpu[key]), key
-    assert all(model._engine._sign_bit.values()) == sign_bit_on_cpu
+    assert all(model.runtime_stats().sign_bit_rings.values()) == sign_bit_on_cpu
 
 
 @pytest.mark.parametrize("mode", ["replace", "delta"])
@@ -65,7 +65,7 @@ def test_training_on_cuda_matches_cpu_and_round_trips(mode, tmp_path):
             losses.append(loss.item())
         assert losses[-1] < losses[0]
         models[device] = model
-    assert hf_rpg.runtime.ring_autograd._fused_applies(models["cuda"]._engine, torch.device("cuda"))
+    assert models["cuda"].plan.cache_indices  # with an index cache on CUDA: the fused gather and scatter
     torch.testing.assert_close(
         models["cuda"].rpg_rings["default"].detach().cpu(), models["cpu"].rpg_rings["default"].detach(),
         rtol=1e-3, atol=1e-5,

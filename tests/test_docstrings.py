@@ -13,20 +13,21 @@ DEPRECATED_ALIASES = {"data", "demo"}
 
 
 def _public_objects():
-    for info in pkgutil.walk_packages(hf_rpg.__path__, prefix=""):
-        if info.name in DEPRECATED_ALIASES:
+    for info in pkgutil.walk_packages(hf_rpg.__path__, prefix="hf_rpg."):
+        short = info.name.removeprefix("hf_rpg.")
+        if short in DEPRECATED_ALIASES:
             continue
-        module = importlib.import_module(f"hf_rpg.{info.name}")
+        module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
             if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
                 continue
             if inspect.isfunction(obj) or inspect.isclass(obj):
-                yield f"{info.name}.{name}", obj
+                yield f"{short}.{name}", obj
             if inspect.isclass(obj):
                 for attr, member in vars(obj).items():
                     function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
                     if not attr.startswith("_") and inspect.isfunction(function):
-                        yield f"{info.name}.{name}.{attr}", function
+                        yield f"{short}.{name}.{attr}", function
 
 
 def test_public_names_have_docstrings():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import torch_threads
 
-from hf_rpg import generator as G
+from hf_rpg.spec import generator as G
 from hf_rpg.spec.generator import (
     build_signed_index,
     derive_key,

@@ -14,7 +14,8 @@ import torch
 from conftest import MODELS, forward_backward, torch_threads
 
 import hf_rpg.runtime.ring_autograd
-from hf_rpg import RPGConfig, apply_rpg, index_encoding
+from hf_rpg import RPGConfig, apply_rpg
+from hf_rpg.spec import index_encoding
 from hf_rpg.spec.generator import build_signed_index, derive_key
 
 
@@ -24,12 +25,12 @@ def _pair(name: str, monkeypatch, **config):
     tiny = MODELS[name]
     base = tiny.build()
     signed = apply_rpg(copy.deepcopy(base), RPGConfig(seed=3, index_cache="int32", **config))
-    signed._engine.build_index_caches()  # caches are built on first use: build them under each threshold
+    signed.build_index_caches()  # caches are built on first use: build them under each threshold
     monkeypatch.setattr(index_encoding, "SIGN_BIT_MIN_SIGNED_BYTES", 0)
     sign_bit = apply_rpg(base, RPGConfig(seed=3, index_cache="int32", **config))
-    sign_bit._engine.build_index_caches()
-    assert not any(signed._engine._sign_bit.values())
-    assert all(sign_bit._engine._sign_bit.values())
+    sign_bit.build_index_caches()
+    assert not any(signed.runtime_stats().sign_bit_rings.values())
+    assert all(sign_bit.runtime_stats().sign_bit_rings.values())
     return tiny, signed, sign_bit
 
 
@@ -52,8 +53,10 @@ def test_sign_bit_layout_gives_the_same_weights_and_gradients(name, mode, monkey
     assert grads_a.keys() == grads_b.keys()
     for key, grad in grads_a.items():
         torch.testing.assert_close(grads_b[key], grad, rtol=1e-5, atol=1e-7, msg=key)
-    assert sign_bit._engine.index_cache_bytes() == signed._engine.index_cache_bytes()  # still 4 B/element
-    assert not any(signed._engine._sign_bit.values()) and all(sign_bit._engine._sign_bit.values())
+    assert sign_bit.runtime_stats().index_cache_bytes == signed.runtime_stats().index_cache_bytes  # still 4 B/element
+    assert not any(signed.runtime_stats().sign_bit_rings.values()) and all(
+        sign_bit.runtime_stats().sign_bit_rings.values()
+    )
 
 
 def test_sign_bit_layout_with_tied_weights(monkeypatch):

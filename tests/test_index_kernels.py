@@ -15,7 +15,7 @@ import torch
 from conftest import torch_threads
 from test_generator import GOLDEN
 
-from hf_rpg import index_kernels as K
+from hf_rpg.spec import index_kernels as K
 from hf_rpg.spec.generator import build_signed_index, derive_key, reference_signed_index, signed_indices
 
 COMPILED = K.available(torch.device("cpu"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_bert_cls, make_bert_mlm, torch_threads
 
-import hf_rpg.runtime.engine
+import hf_rpg.runtime.buffer_pool
 import hf_rpg.runtime.ring_autograd
 from hf_rpg import RPGConfig, apply_rpg
 
@@ -17,21 +17,12 @@ def _batch():
     return {"input_ids": torch.randint(0, 99, (2, 8), generator=torch.Generator().manual_seed(0))}
 
 
-def _count_generations(model, monkeypatch) -> list[int]:
-    calls = []
-    original = model._engine.generate
-
-    def counting(ids, **kwargs):
-        calls.append(len(ids))
-        return original(ids, **kwargs)
-
-    monkeypatch.setattr(model._engine, "generate", counting)
-    return calls
+def _generated(model) -> int:
+    return model.runtime_stats().generated
 
 
-def test_inference_materialises_once_until_the_ring_changes(monkeypatch):
+def test_inference_materialises_once_until_the_ring_changes():
     model = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2))
-    calls = _count_generations(model, monkeypatch)
     model.eval()
     query = model.base_model.get_submodule(QUERY)
     with torch.no_grad():
@@ -40,66 +31,54 @@ def test_inference_materialises_once_until_the_ring_changes(monkeypatch):
         second = model(**_batch()).logits
         assert query.weight is weight  # the same materialised tensor, reused
     assert torch.equal(first, second)
-    assert calls == [len(model.layout.targets)]
+    assert _generated(model) == len(model.layout.targets) and model.runtime_stats().inference_weights_held
     with torch.no_grad():
         model.rpg_rings["default"].mul_(1.5)  # an optimizer step does the same
         third = model(**_batch()).logits
         assert query.weight is not weight
-    assert len(calls) == 2 and not torch.equal(third, first)
+    assert _generated(model) == 2 * len(model.layout.targets) and not torch.equal(third, first)
     model.clear_cache()
-    assert model._engine._materialized is None
+    assert not model.runtime_stats().inference_weights_held
 
 
-def test_training_weights_exist_only_while_their_layer_runs(monkeypatch):
+def test_training_weights_exist_only_while_their_layer_runs():
     model = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.2, weights_in_backward="regenerate"))
-    engine = model._engine
-    phases, live_counts = [], []
-    original = engine._weight
-
-    def counting(tid):
-        phases.append("backward" if backward_started else "forward")
-        live_counts.append(len(engine._live))
-        return original(tid)
-
-    monkeypatch.setattr(engine, "_weight", counting)
+    live_at_entry = []
+    for module in model.base_model.modules():  # as each layer starts, which weights are alive?
+        module.register_forward_pre_hook(lambda *_: live_at_entry.append(model.runtime_stats().live_weights))
     model.train()
-    backward_started = False
     loss = model(input_ids=_batch()["input_ids"], labels=_batch()["input_ids"]).loss
     # after the forward no generated weight is alive: nothing autograd saved holds their memory
-    assert engine._live == {} and engine._live_storage == {}
-    pool = [buffer for buffers in engine._pool.values() for buffer in buffers]
-    assert pool and all(hf_rpg.runtime.engine.buffer_is_free(buffer) for buffer in pool)
-    generated_in_forward = phases.count("forward")
+    stats = model.runtime_stats()
+    assert stats.live_weights == 0 and stats.pooled_buffer_ids and stats.pooled_in_use == 0
     # one weight at a time: the owners (Linear layers, the tied decoder) do not nest
-    assert max(live_counts) == 0
-    assert generated_in_forward == len(model.layout.targets) - len(engine.rowwise) + 1  # + the tied decoder
-    backward_started = True
+    assert max(live_at_entry) == 0
+    generated_in_forward = stats.generated
+    rowwise = len(model.plan.rowwise_ids())
+    assert generated_in_forward == len(model.layout.targets) - rowwise + 1  # + the tied decoder
     loss.backward()
     # backward regenerated each weight autograd needed, once: all but the tied word embedding's
     # table in its Embedding owner (an embedding's backward needs only the ids)
-    assert phases.count("backward") == generated_in_forward - 1
+    assert model.runtime_stats().generated - generated_in_forward == generated_in_forward - 1
     assert model.rpg_rings["default"].grad.abs().sum() > 0
 
 
-def test_inference_cache_can_be_disabled(monkeypatch):
+def test_inference_cache_can_be_disabled():
     model = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2, inference_cache=False))
-    calls = []
-    original = model._engine._weight
-    monkeypatch.setattr(model._engine, "_weight", lambda tid: calls.append(tid) or original(tid))
     model.eval()
     with torch.no_grad():
         model(**_batch())
         model(**_batch())
     # each layer generates its weight when it runs, every forward: no dense copy is kept
-    per_forward = len(model.layout.targets) - len(model._engine.rowwise)
-    assert len(calls) == 2 * per_forward and model._engine._materialized is None
-    assert model._engine._live == {}
+    per_forward = len(model.layout.targets) - len(model.plan.rowwise_ids())
+    stats = model.runtime_stats()
+    assert stats.generated == 2 * per_forward and not stats.inference_weights_held and stats.live_weights == 0
 
 
 def test_row_wise_embeddings_equal_full_generation():
     torch.manual_seed(0)
     model = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2))
-    assert {model.layout.targets[i].name for i in model._engine.rowwise} == {
+    assert {model.layout.targets[i].name for i in model.plan.rowwise_ids()} == {
         "bert.embeddings.word_embeddings.weight",
         "bert.embeddings.position_embeddings.weight",
         "bert.embeddings.token_type_embeddings.weight",
@@ -124,7 +103,7 @@ def test_on_the_fly_indices_equal_the_cache():
     cached = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2))
     torch.manual_seed(0)
     fly = apply_rpg(make_bert_cls(), RPGConfig(dof=0.2, index_cache="none"))
-    assert fly._engine.index_cache_bytes() == 0
+    assert fly.runtime_stats().index_cache_bytes == 0
     batch = _batch()
     out_cached, out_fly = cached(**batch).logits, fly(**batch).logits
     torch.testing.assert_close(out_fly, out_cached, rtol=0, atol=0)
@@ -147,14 +126,14 @@ def test_training_buffers_are_reused_only_when_no_graph_holds_them(monkeypatch):
     second = model(**batch).logits
     (first.sum() + 2 * second.sum()).backward()
     with monkeypatch.context() as patch:  # the reference never reuses memory
-        patch.setattr(hf_rpg.runtime.engine, "buffer_is_free", lambda buffer: False)
+        patch.setattr(hf_rpg.runtime.buffer_pool, "buffer_is_free", lambda buffer: False)
         ref_first, ref_second = reference(**batch).logits, reference(**batch).logits
         (ref_first.sum() + 2 * ref_second.sum()).backward()
     torch.testing.assert_close(model.rpg_rings["default"].grad, reference.rpg_rings["default"].grad, rtol=0, atol=0)
     # the next pass writes into the same memory
-    pool = {id(buffer) for buffers in model._engine._pool.values() for buffer in buffers}
+    pool = model.runtime_stats().pooled_buffer_ids
     model(**batch).logits.sum().backward()
-    assert {id(buffer) for buffers in model._engine._pool.values() for buffer in buffers} == pool
+    assert model.runtime_stats().pooled_buffer_ids == pool
 
 
 def test_a_ring_changed_between_forward_and_backward_is_an_error():
@@ -208,34 +187,31 @@ def test_per_layer_gradients_equal_generating_every_weight_up_front(mode):
     per_layer = ring.grad.clone()
     ring.grad = None
 
-    weights = model._engine.generate(list(range(len(model.layout.targets))))  # with autograd to the ring
+    weights = dict(model.generated_weights())  # read outside their layers: whole, with autograd to the ring
     names = {}
-    for tid, entry in enumerate(model.layout.targets):
+    for entry in model.layout.targets:
         for name in (entry.name, *entry.tied):
-            names[name] = weights[tid]
+            names[name] = weights[entry.name]
     merged = model.merge_and_unload()  # a plain model of the same architecture
     loss = torch.func.functional_call(merged, names, args=(), kwargs=batch).loss
     loss.backward()
     torch.testing.assert_close(per_layer, ring.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_small_models_keep_their_weights_for_backward_by_default(monkeypatch):
+def test_small_models_keep_their_weights_for_backward_by_default():
     """weights_in_backward='auto': below the threshold autograd keeps each weight (no second
     gather), with the same gradients as regenerating."""
     torch.manual_seed(0)
     kept = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.2))
     torch.manual_seed(0)
     regenerated = apply_rpg(make_bert_mlm(), RPGConfig(dof=0.2, weights_in_backward="regenerate"))
-    assert not kept._engine.regenerate and regenerated._engine.regenerate
-    calls = []
-    original = kept._engine._weight
-    monkeypatch.setattr(kept._engine, "_weight", lambda tid: calls.append(tid) or original(tid))
+    assert not kept.plan.regenerate and regenerated.plan.regenerate
     batch = {"input_ids": _batch()["input_ids"], "labels": _batch()["input_ids"]}
     kept.train()
     regenerated.train()
     loss = kept(**batch).loss
-    forward_calls = len(calls)
+    forward_calls = kept.runtime_stats().generated
     loss.backward()
-    assert len(calls) == forward_calls  # nothing generated again in backward
+    assert kept.runtime_stats().generated == forward_calls  # nothing generated again in backward
     regenerated(**batch).loss.backward()
     torch.testing.assert_close(kept.rpg_rings["default"].grad, regenerated.rpg_rings["default"].grad, rtol=0, atol=0)

@@ -20,6 +20,7 @@ from torch import nn
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
 from hf_rpg.errors import RPGConfigError, RPGManifestMismatchError
 from hf_rpg.format.manifest import Layout
+from hf_rpg.spec.generator import build_signed_index, derive_key
 from hf_rpg.spec.lowrank import LOWRANK_VERSION, projection, reference_projection_sign
 
 # (seed, target name, rank, in_features) -> the signs of P, row-major
@@ -96,21 +97,22 @@ def test_lowrank_update_is_the_factor_times_the_projection():
     model, _ = _lowrank_bert()
     with torch.no_grad():
         model.rpg_rings["default"].normal_(generator=torch.Generator().manual_seed(1))
-    engine = model._engine
     entry = model.layout.targets[0]
-    factor = engine.generate([0])[0]
-    assert factor.shape == entry.generated_shape
+    ring, size = model.rpg_rings["default"].detach(), model.layout.rings["default"]
+    stop = entry.offset + entry.numel  # the factor's rpg-v1 indices into the signed ring [θ, -θ]
+    index = build_signed_index(
+        size.elements, size.size, derive_key(model.rpg_config.seed, "default"), start=entry.offset, stop=stop
+    )
+    factor = (torch.cat([ring, -ring])[index.long()] * entry.gain).view(entry.generated_shape)
     expected = factor @ projection(model.rpg_config.seed, entry.name, entry.rank, entry.shape[1])
-    assert torch.equal(dict(model.generated_weights())[entry.name], expected)
+    torch.testing.assert_close(dict(model.generated_weights())[entry.name], expected, rtol=0, atol=0)
 
 
 def test_lowrank_keeps_nothing_between_steps():
     model, _ = _lowrank_bert()
     train_steps(model, _text_cls_batch(0), steps=2)
-    engine = model._engine
-    assert engine.index_cache_bytes() == 0
-    assert sum(b.numel() for buffers in engine._pool.values() for b in buffers) == 0
-    assert not engine._live
+    stats = model.runtime_stats()
+    assert stats.index_cache_bytes == 0 and stats.pooled_bytes == 0 and stats.live_weights == 0
 
 
 def test_lowrank_on_gpt2_conv1d_merges_in_its_layout():
@@ -145,7 +147,7 @@ def test_lowrank_on_a_quantized_base():
     reference = copy.deepcopy(base)
     batch = ARCHITECTURES["llama"].batch(0)
     model = apply_rpg(base, RPGConfig(mode="delta", dof=100, rank=2, target_modules=["q_proj", "v_proj"]))
-    assert {s.serving for s in model._engine.specs} == {"lowrank"}
+    assert set(model.plan.servings()) == {"lowrank"}
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, reference(**batch).logits)
     losses = train_steps(model, batch, steps=4)

@@ -30,7 +30,7 @@ def test_no_dense_copy_and_gradients_only_on_ring_and_others(tiny):
     others = sum(p.numel() for n, p in model.base_model.named_parameters())
     assert sum(p.numel() for p in model.parameters()) == ring.numel() + others
     # compact caches only: at most 4 bytes per generated element, nothing per-weight saved
-    assert model._engine.index_cache_bytes() <= 4 * model.layout.generated_elements
+    assert model.runtime_stats().index_cache_bytes <= 4 * model.layout.generated_elements
 
     loss = model(**tiny.batch(0)).loss
     loss.backward()

@@ -64,7 +64,7 @@ def test_delta_mode_on_a_quantized_llama(backend, tmp_path):
     reference = copy.deepcopy(base)
     batch = ARCHITECTURES["llama"].batch(0)
     model = apply_rpg(base, RPGConfig(mode="delta", dof=500, target_modules=TARGETS))
-    assert {model._engine.specs[i].serving for i in range(len(model.layout.targets))} == {"additive"}
+    assert set(model.plan.servings()) == {"additive"}
     assert torch.equal(_logits(model, batch), _logits(reference, batch))  # the quantized base exactly
     with torch.no_grad():
         model.rpg_rings["default"].normal_(generator=torch.Generator().manual_seed(0))

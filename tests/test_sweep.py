@@ -19,7 +19,7 @@ from conftest import make_resnet
 
 from hf_rpg import RPGConfig, RPGConfigError, apply_rpg
 from hf_rpg.api.cli import main
-from hf_rpg.spec.generator import build_signed_index
+from hf_rpg.spec.generator import build_signed_index, derive_key
 from hf_rpg.sweep import SweepConfig, log_linear_fit, run_sweep, sweep_points
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def test_ablation_override_generates_what_it_specifies(variant):
     model = apply_rpg(make_resnet(), RPGConfig(dof=0.1, seed=4))
     ring_layout = model.layout.rings["default"]
     ring, size = model.rpg_rings["default"].detach(), ring_layout.size
-    signed = build_signed_index(ring_layout.elements, size, model._engine.keys["default"]).to(torch.int64)
+    signed = build_signed_index(ring_layout.elements, size, derive_key(4, "default")).to(torch.int64)
     sign = 1.0 - 2.0 * (signed >= size).float()
     permuted = signed % size
     before = _weights(model)
@@ -179,16 +179,16 @@ def test_ablation_override_generates_what_it_specifies(variant):
 
 def test_set_index_override_checks_its_input():
     model = apply_rpg(make_resnet(), RPGConfig(dof=0.1))
-    engine, ring = model._engine, model.layout.rings["default"]
+    ring = model.layout.rings["default"]
     with pytest.raises(KeyError, match="no ring 'other'"):
-        engine.set_index_override("other", torch.zeros(ring.elements, dtype=torch.int32))
+        model.set_index_override("other", torch.zeros(ring.elements, dtype=torch.int32))
     with pytest.raises(ValueError, match=rf"int32 of shape \[{ring.elements}\], got torch.int64"):
-        engine.set_index_override("default", torch.zeros(ring.elements, dtype=torch.int64))
+        model.set_index_override("default", torch.zeros(ring.elements, dtype=torch.int64))
     with pytest.raises(ValueError, match=rf"values must lie in \[0, {2 * ring.size}\)"):
-        engine.set_index_override("default", torch.full((ring.elements,), 2 * ring.size, dtype=torch.int32))
+        model.set_index_override("default", torch.full((ring.elements,), 2 * ring.size, dtype=torch.int32))
     lazy = apply_rpg(make_resnet(), RPGConfig(dof=0.1, index_cache="none"))
     with pytest.raises(RuntimeError, match="needs index_cache='int32'"):
-        lazy._engine.set_index_override("default", torch.zeros(ring.elements, dtype=torch.int32))
+        lazy.set_index_override("default", torch.zeros(ring.elements, dtype=torch.int32))
 
 
 def test_text_sweep_minilm_delta_on_rt_polarity(tmp_path, minilm):

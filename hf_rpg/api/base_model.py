@@ -46,7 +46,7 @@ def build_base_model(
     Only transformers ``PreTrainedModel`` classes are rebuilt, from safetensors, without remote code.
     """
     cls = _model_class(meta)
-    if config.mode == "delta":
+    if config.is_delta:
         info = meta.get("base_model") or {}
         reference = info.get("name_or_path")
         if not reference:

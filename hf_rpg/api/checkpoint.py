@@ -45,6 +45,7 @@ from ..format.metadata import BINDING_KEY, FORMAT_VERSION, binding_digest, check
 from ..format.report import DoFReport
 from ..format.ring_storage import check_storage, decode_ring, encode_ring
 from ..runtime.parametrize import original_class
+from ..runtime.plan import Plan
 from ..spec.generator import GENERATOR_VERSION
 from ..version import __version__
 from .config import RPGConfig
@@ -54,7 +55,7 @@ STORAGE_PREFIX = "rpg_ring_storage."  # extra tensors of an encoded ring: f"{STO
 
 
 class CheckpointModel(Protocol):
-    """What saving and loading tensors need of a model (an ``CheckpointModel`` has all of it).
+    """What saving and loading tensors need of a model (an ``RPGModel`` has all of it).
 
     A protocol rather than an import: ``hf_rpg.api.model`` builds on this module, not the
     other way round.
@@ -64,6 +65,10 @@ class CheckpointModel(Protocol):
     rpg_config: RPGConfig
     layout: Layout
     rpg_rings: nn.ParameterDict
+
+    @property
+    def plan(self) -> Plan:
+        """The per-target plan (``plan.delta``: the checkpoint is an update of a base model)."""
 
     def dof_report(self) -> DoFReport:
         """Ring DoF, trainable parameters, dense model size and compression ratio."""
@@ -150,7 +155,7 @@ def _base_model_info(model: CheckpointModel) -> dict[str, Any]:
     name_or_path = model.rpg_config.base_model_name_or_path
     if name_or_path is None:
         name_or_path = getattr(getattr(base, "config", None), "_name_or_path", None) or None
-    if name_or_path is None and model.rpg_config.mode == "delta":
+    if name_or_path is None and model.plan.delta:
         warnings.warn(
             "this delta model records no base model (it was not loaded with from_pretrained and "
             "RPGConfig.base_model_name_or_path is None): its checkpoint stores only the update, so loading "
@@ -423,7 +428,7 @@ def load_tensors(
             )
         _check_value(expected[key], values[key], key)
         copies.append((expected[key], values[key]))
-    if model.rpg_config.mode == "replace":
+    if not model.plan.delta:
         missing = [k for k in expected if k not in values]
         if missing:
             raise RPGCheckpointError(

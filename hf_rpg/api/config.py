@@ -218,7 +218,7 @@ class RPGConfig:
             raise RPGConfigError(f"seed must be an int in [0, 2**64), got {_describe(self.seed)}")
         self._check_choice("mode", self.mode, MODES)
         self._check_choice("init", self.init, INITS)
-        if self.mode == "delta" and self.init != "random":
+        if self.is_delta and self.init != "random":
             raise RPGConfigError(
                 f"init={self.init!r} applies to mode='replace' only; in mode='delta' the ring starts at zero"
             )
@@ -292,7 +292,7 @@ class RPGConfig:
             raise RPGConfigError(
                 f"rank must be a positive int, 'auto' or None (full-rank updates), got {_describe(self.rank)}"
             )
-        if self.mode != "delta" and self.rank != "auto":
+        if not self.is_delta and self.rank != "auto":
             raise RPGConfigError(
                 f"rank={self.rank} applies to mode='delta' (a low-rank update of frozen weights); "
                 "mode='replace' generates whole weights: use rank=None"
@@ -323,11 +323,17 @@ class RPGConfig:
         return getattr(torch, self.ring_dtype)
 
     @property
+    def is_delta(self) -> bool:
+        """Delta mode: the pretrained weights stay and an update is generated. (The one place
+        outside validation that reads ``mode``: everything else asks this, or the plan.)"""
+        return self.mode == "delta"
+
+    @property
     def resolved_other_parameters(self) -> str:
         """``other_parameters`` with its mode-dependent default filled in."""
         if self.other_parameters is not None:
             return self.other_parameters
-        return "head" if self.mode == "delta" else "train"
+        return "head" if self.is_delta else "train"
 
     # ---------------------------------------------------------------- JSON round trip
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import inspect
-import itertools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,22 +11,24 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import RPGConfigError, RPGManifestMismatchError, RPGStateError, RPGTargetError
+from ..errors import RPGConfigError, RPGStateError
 from ..format.files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
-from ..format.manifest import Layout, TargetLayout
+from ..format.manifest import Layout
 from ..format.metadata import binding_digest
 from ..format.report import DoFReport
-from ..runtime.engine import TargetSpec, WeightEngine
+from ..runtime.engine import RuntimeStats, WeightEngine
+from ..runtime.merge import dense_linear, merged_parameters
 from ..runtime.parametrize import GeneratedSource, attach, detach, is_generated, original_class
-from ..runtime.quantized import additive_layer_supported, dequantize, is_distributed_tensor, quantization_of
-from ..spec.generator import ring_normal_init
-from ..spec.lowrank import LOWRANK_KINDS, features
+from ..runtime.plan import Plan
+from ..runtime.quantized import is_distributed_tensor
 from .base_model import build_base_model
 from .checkpoint import RING_PREFIX, check_weights_file, load_tensors, read_metadata, save_checkpoint, stored_entries
-from .config import AUTO_INDEX_CACHE_ELEMENTS, AUTO_RANK, AUTO_RANK_ELEMENTS_PER_DOF, RPGConfig
+from .config import RPGConfig
 from .hub import push_to_hub
-from .plan import assign_rings, build_layout
-from .targets import FoundTarget, Owner, fans, find_targets, matches, tensor_std, trainable_heads
+from .initialization import has_meta_tensors, initial_ring, materialize_meta
+from .model_class import allow_missing_base_weights, check_keywords, drop_base_weights, model_class_for
+from .plan import make_plan, plan_for_layout
+from .targets import FoundTarget, stored_parameter_ids, targets_from_manifest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -63,277 +62,15 @@ def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str
     # The model keeps its own copy: changing the caller's config afterwards changes nothing.
     config = copy.deepcopy(config)
     config.validate()
-    on_meta = _has_meta_tensors(model)
-    if on_meta:
-        _check_meta_config(config, device)
+    on_meta = has_meta_tensors(model)
+    targets, plan = make_plan(model, config, torch.device(device) if device is not None else None, on_meta)
     device = torch.device(device) if device is not None else None
-    targets = find_targets(model, config)
-    for target in targets:
-        _check_servable(target, config)
-    rings = assign_rings(targets, config)
-    gains = [_gain(target, config, model) for target in targets]
-    layout = build_layout(targets, rings, gains, config, _ranks(targets, config))
-    ring_init = "zeros" if config.mode == "delta" else config.init
-    wrapped = RPGModel._wrap(model, config, layout, targets, ring_init, device=device)
+    wrapped = RPGModel._wrap(model, config, plan, targets, device=device)
     if on_meta:
-        wrapped._materialize_meta(device)
+        materialize_meta(wrapped.base_model, wrapped._engine, device)
     elif device is not None:
         wrapped.to(device)
     return wrapped
-
-
-def _initialise(module: nn.Module, init: Any) -> None:
-    if callable(init):
-        init(module)
-    elif callable(getattr(module, "reset_parameters", None)):
-        module.reset_parameters()
-
-
-def _has_meta_tensors(model: nn.Module) -> bool:
-    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
-
-
-def _check_meta_config(config: RPGConfig, device: Any) -> None:
-    if device is None:
-        raise RPGConfigError(
-            "the model is on the meta device: pass device= (where the rings, the parameters that are not "
-            "generated and the buffers are materialised), e.g. apply_rpg(model, config, device='cpu')"
-        )
-    if torch.device(device).type == "meta":
-        raise RPGConfigError("device='meta' is not a place to materialise anything; pass e.g. device='cpu'")
-    if config.mode != "replace":
-        raise RPGConfigError(
-            "mode='delta' needs the pretrained weights, and a model on the meta device has none; load it first, "
-            "or use mode='replace'"
-        )
-    if config.init == "project":
-        raise RPGConfigError("init='project' fits the model's weights, and a model on the meta device has none")
-
-
-def _check_servable(target: FoundTarget, config: RPGConfig) -> None:
-    """Raise ``RPGTargetError`` for a target hf_rpg cannot generate correctly."""
-    if is_distributed_tensor(target.param):
-        raise RPGTargetError(
-            f"{target.name!r} is a distributed tensor ({type(target.param).__name__}): apply hf_rpg before "
-            "fully_shard / tensor parallelism, not after"
-        )
-    if target.quantization is None:
-        if not target.param.is_floating_point():
-            raise RPGTargetError(f"{target.name!r} is {target.param.dtype}, not floating point; it cannot be generated")
-        return
-    where = f"{target.layer_name or target.name!r} ({type(target.layer).__name__}, {target.quantization})"
-    if config.mode != "delta":
-        raise RPGTargetError(
-            f"{where} is quantized: mode='replace' cannot generate quantized weights; use mode='delta' (the update "
-            "is added to the quantized layer's output) or exclude_modules"
-        )
-    if target.layer is None or not additive_layer_supported(target.layer) or len(target.owners) != 1:
-        raise RPGTargetError(
-            f"{where} is quantized and not a plain linear layer with one owner: hf_rpg adds delta updates to "
-            "quantized nn.Linear layers only (bitsandbytes Linear4bit / Linear8bitLt, torchao); exclude it"
-        )
-
-
-def _gain(target: FoundTarget, config: RPGConfig, model: nn.Module) -> float:
-    """The scale of a generated tensor (see ``RPGConfig.gain``). In delta mode a float gain
-    multiplies the ``"auto"`` scales (``build_layout`` applies it), so it is not used here."""
-    rule = config.gain
-    if isinstance(rule, float):
-        if config.mode != "delta":
-            return rule
-        rule = "auto"
-    fan_in, fan_out = fans(target.shape, target.kind)
-    if rule == "kaiming_fan_in":
-        return math.sqrt(2.0 / fan_in)
-    if rule == "kaiming_fan_out":
-        return math.sqrt(2.0 / fan_out)
-    values = target.param if target.quantization is None else dequantize(target.layer, target.param)
-    std = tensor_std(values) if values.device.type != "meta" else 0.0
-    if std > 0.0 and math.isfinite(std):
-        return std
-    initializer_range = getattr(getattr(model, "config", None), "initializer_range", None)
-    if isinstance(initializer_range, (int, float)) and initializer_range > 0:
-        return float(initializer_range)
-    return 1.0 / math.sqrt(fan_in)
-
-
-def _lowrank_eligible(target: FoundTarget) -> bool:
-    """``config.rank`` applies to the ``weight`` of linear layers (dense or quantized, one owner)."""
-    return (
-        target.kind in LOWRANK_KINDS
-        and len(target.owners) == 1
-        and target.owners[0].attr == "weight"
-        and len(target.shape) == 2
-    )
-
-
-def _ranks(targets: list[FoundTarget], config: RPGConfig) -> list[int | None]:
-    """Each target's low-rank factor rank, or None for a full-rank update."""
-    if config.rank is None or config.mode != "delta":  # replace mode generates whole weights
-        return [None] * len(targets)
-    eligible = [_lowrank_eligible(t) for t in targets]
-    rank = config.rank
-    if rank == "auto":
-        outs = sum(features(t.shape, t.kind)[1] for t, ok in zip(targets, eligible, strict=True) if ok)
-        rank = AUTO_RANK
-        if isinstance(config.dof, int) and outs:
-            rank = max(rank, math.ceil(AUTO_RANK_ELEMENTS_PER_DOF * config.dof / outs))
-        return [min(rank, *features(t.shape, t.kind)) if ok else None for t, ok in zip(targets, eligible, strict=True)]
-    return [rank if ok else None for ok in eligible]
-
-
-def _rowwise(target: FoundTarget, config: RPGConfig) -> bool:
-    """Untied plain embeddings can generate only the rows a batch looks up."""
-    if not config.embedding_rows or len(target.owners) != 1:
-        return False
-    owner = target.owners[0]
-    module = owner.module
-    return (
-        owner.attr == "weight"
-        and isinstance(module, nn.Embedding)
-        # only nn.Embedding's own forward: subclasses (scaled, learned positions) run theirs
-        and type(module).forward is nn.Embedding.forward
-        and target.quantization is None
-        and module.max_norm is None
-        and not module.sparse
-        and not module.scale_grad_by_freq
-    )
-
-
-def _caches_indices(config: RPGConfig, layout: Layout) -> bool:
-    if config.index_cache == "auto":
-        # low-rank factors are small: their indices are computed on the fly, nothing is kept
-        if all(t.rank is not None for t in layout.targets):
-            return False
-        return layout.generated_elements <= AUTO_INDEX_CACHE_ELEMENTS
-    return config.index_cache == "int32"
-
-
-def _regenerates(config: RPGConfig, layout: Layout) -> bool:
-    if config.weights_in_backward == "auto":
-        return layout.generated_elements > AUTO_INDEX_CACHE_ELEMENTS
-    return config.weights_in_backward == "regenerate"
-
-
-def _serving(target: FoundTarget, config: RPGConfig, entry: TargetLayout) -> str:
-    """How a target is served (see ``hf_rpg.runtime.parametrize``)."""
-    if config.mode != "delta":
-        return "replace"
-    if entry.rank is not None:
-        return "lowrank"
-    return "additive" if target.quantization is not None else "merged"
-
-
-def targets_from_manifest(model: nn.Module, layout: Layout) -> list[FoundTarget]:
-    """Find each manifest target in ``model`` by name; raise on the first mismatch."""
-    owners: dict[int, list[Owner]] = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
-        for attr, param in module._parameters.items():
-            if param is not None:
-                owners.setdefault(id(param), []).append(Owner(module_name, module, attr))
-    found = []
-    for entry in layout.targets:
-        module_name, _, attr = entry.name.rpartition(".")
-        try:
-            module = model.get_submodule(module_name)
-        except AttributeError:
-            raise RPGManifestMismatchError(
-                f"the model ({type(model).__name__}) has no module {module_name!r} for manifest target {entry.name!r}"
-            ) from None
-        param = module._parameters.get(attr)
-        if not isinstance(param, nn.Parameter):
-            raise RPGManifestMismatchError(
-                f"the model ({type(model).__name__}) has no parameter {entry.name!r} named in the manifest"
-            )
-        param_owners = owners[id(param)]
-        paths = {o.path for o in param_owners}
-        missing_ties = [t for t in entry.tied if t not in paths]
-        if missing_ties:
-            raise RPGManifestMismatchError(
-                f"manifest target {entry.name!r} is tied to {missing_ties[0]!r}, but in the model that is "
-                f"not the same parameter (ties in the model: {sorted(paths - {entry.name})})"
-            )
-        owner_module = param_owners[0].module
-        layer = owner_module if attr == "weight" else None
-        target = FoundTarget(entry.name, param, param_owners, layer, module_name, entry.kind, quantization_of(param))
-        if target.shape != entry.shape:
-            raise RPGManifestMismatchError(
-                f"manifest target {entry.name!r} has shape {list(entry.shape)} but the model's parameter has "
-                f"shape {list(target.shape)}"
-            )
-        found.append(target)
-    return found
-
-
-_MODEL_CLASSES: dict[type, type] = {}
-
-
-def _model_class_for(base_class: type) -> type:
-    """``RPG<BaseClass>``: an RPGModel subclass whose ``forward`` has the base model's
-    signature. transformers' Trainer reads the class's forward signature to find the label
-    names and to drop batch columns the model does not take."""
-    cls = _MODEL_CLASSES.get(base_class)
-    if cls is not None:
-        return cls
-
-    def forward(self: RPGModel, *args: Any, **kwargs: Any) -> Any:
-        return RPGModel.forward(self, *args, **kwargs)
-
-    # a forward without a readable signature keeps *args/**kwargs
-    with contextlib.suppress(TypeError, ValueError):
-        forward.__signature__ = inspect.signature(base_class.forward)
-    forward.__doc__ = RPGModel.forward.__doc__
-    cls = type(
-        f"RPG{base_class.__name__}",
-        (RPGModel,),
-        {"forward": forward, "__module__": RPGModel.__module__, "__doc__": RPGModel.__doc__},
-    )
-    _MODEL_CLASSES[base_class] = cls
-    return cls
-
-
-def _drop_base_weights(module: RPGModel, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    """state_dict post-hook: the state of an RPG model is what its checkpoint stores."""
-    for name in module.base_weight_names():
-        state_dict.pop(prefix + name, None)
-
-
-def _allow_missing_base_weights(module: RPGModel, incompatible_keys: Any) -> None:
-    """load_state_dict post-hook: frozen base weights are not expected in a state dict."""
-    excluded = module.base_weight_names()
-    missing = incompatible_keys.missing_keys
-    # keys carry the prefix of wherever this model sits in the module being loaded (DDP's "module.")
-    missing[:] = [key for key in missing if not any(key == n or key.endswith("." + n) for n in excluded)]
-
-
-def _check_keywords(method: str, kwargs: dict[str, Any], function: Any, skip: int) -> None:
-    """Unknown keyword arguments are errors, naming the valid ones."""
-    valid = list(inspect.signature(function).parameters)[skip:]
-    for name, value in kwargs.items():
-        if name not in valid:
-            shown = repr(value)
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise TypeError(
-                f"{method}() got an unexpected keyword argument {name!r} (= {shown}); valid keyword arguments: "
-                f"{', '.join(valid)}"
-            )
-
-
-def _replace_with_dense_linear(model: nn.Module, owner: Owner, delta: torch.Tensor) -> None:
-    """Merge a quantized linear layer's update: a dense ``nn.Linear`` with the dequantized
-    base plus ``ΔW`` takes its place."""
-    layer = owner.module
-    base = dequantize(layer, layer._parameters[owner.attr])
-    dtype = delta.dtype if layer.bias is None else layer.bias.dtype
-    dense = nn.Linear(
-        layer.in_features, layer.out_features, bias=layer.bias is not None, device=base.device, dtype=dtype
-    )
-    with torch.no_grad():
-        dense.weight.copy_(base.to(dtype) + delta.to(device=base.device, dtype=dtype))
-        if layer.bias is not None:
-            dense.bias.copy_(layer.bias)
-    parent_name, _, child = owner.module_name.rpartition(".")
-    model.get_submodule(parent_name).register_module(child, dense)
 
 
 class RPGModel(nn.Module):
@@ -365,164 +102,36 @@ class RPGModel(nn.Module):
         cls,
         model: nn.Module,
         config: RPGConfig,
-        layout: Layout,
+        plan: Plan,
         targets: list[FoundTarget],
-        ring_init: str,
         device: torch.device | None = None,
     ) -> RPGModel:
-        """Attach ``layout`` to ``model``. ``ring_init``: random, project, zeros or empty."""
+        """Attach ``plan`` to ``model`` (``config`` is kept as ``rpg_config``, to save)."""
         self = cls.__new__(cls)
         nn.Module.__init__(self)
         self.base_model = model
         self.rpg_config = config
-        self.layout = layout
+        self.layout = layout = plan.layout
         self._targets = [list(t.owners) for t in targets]
         self._unloaded = False
-        delta = config.mode == "delta"
-        rowwise = {i for i, t in enumerate(targets) if _rowwise(t, config) and layout.targets[i].rank is None}
-        serving = [_serving(t, config, layout.targets[i]) for i, t in enumerate(targets)]
-        specs = [
-            TargetSpec(
-                dtype=t.param.dtype if t.quantization is None else torch.float32,
-                device=device if device is not None and t.param.is_meta else t.param.device,
-                serving=serving[i],
-                base_slot=(t.owners[0].module, t.owners[0].attr) if delta else None,
-            )
-            for i, t in enumerate(targets)
-        ]
-        engine = WeightEngine(
-            self,
-            layout,
-            config.seed,
-            specs=specs,
-            rowwise=rowwise,
-            cache_indices=_caches_indices(config, layout),
-            regenerate=_regenerates(config, layout),
-            inference_cache=config.inference_cache,
-        )
+        engine = WeightEngine(self, plan)
         self._engine = engine  # index caches are built on first use
         ring_device = device if device is not None else targets[0].param.device
-        self.rpg_rings = nn.ParameterDict(
-            {name: nn.Parameter(self._initial_ring(name, ring_init, targets).to(ring_device)) for name in layout.rings}
-        )
-        stored = self._stored_parameter_ids(model, targets, config)
-        # by name: wrappers such as FSDP replace the Parameter objects, never their names
-        self._stored_names = {n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in stored}
+        values = {name: initial_ring(layout, engine.indices, name, plan, targets) for name in layout.rings}
+        self.rpg_rings = nn.ParameterDict({name: nn.Parameter(v.to(ring_device)) for name, v in values.items()})
         for tid, target in enumerate(targets):
             target.param.requires_grad_(False)
-            source = GeneratedSource(engine, tid, tid in rowwise, serving[tid])
+            source = GeneratedSource(engine, tid, plan.targets[tid].rowwise, plan.targets[tid].serving)
             for owner in target.owners:
                 attach(owner.module, owner.attr, source)
-        self._set_trainability(config, stored)
-        self.__class__ = _model_class_for(original_class(model))
-        self.register_state_dict_post_hook(_drop_base_weights)
-        self.register_load_state_dict_post_hook(_allow_missing_base_weights)
-        return self
-
-    @staticmethod
-    def _stored_parameter_ids(model: nn.Module, targets: list[FoundTarget], config: RPGConfig) -> set[int]:
-        """ids of the non-generated parameters that train and that checkpoints store.
-
-        Replace mode stores every non-generated parameter. Delta mode stores what trains:
-        everything but the frozen bases with ``other_parameters="train"``, else the task
-        heads (``"head"``) or nothing (``"freeze"``), plus ``modules_to_save``.
-        """
-        bases = {id(t.param) for t in targets}
-        policy = config.resolved_other_parameters
-        chosen: set[int] = set()
-        if config.modules_to_save is not None:
-            for name, module in model.named_modules():
-                if matches(name, config.modules_to_save):
-                    chosen |= {id(p) for p in module.parameters()}
-            if not chosen:
-                raise RPGConfigError(
-                    f"modules_to_save={config.modules_to_save!r} matches no module with parameters in "
-                    f"{type(model).__name__}"
-                )
-        elif policy == "head":
-            heads = trainable_heads(model)
-            chosen = {id(p) for m in model.modules() if id(m) in heads for p in m.parameters(recurse=False)}
-        if policy == "train":
-            chosen |= {id(p) for p in model.parameters()}
-        return chosen - bases
-
-    def _set_trainability(self, config: RPGConfig, trained: set[int]) -> None:
-        policy = config.resolved_other_parameters
         bases = self._delta_base_ids()
-        for param in self.base_model.parameters():
-            if id(param) in bases:
-                continue
-            if id(param) in trained:
-                if policy != "train" or config.modules_to_save is not None:
-                    param.requires_grad_(True)
-            else:
-                param.requires_grad_(False)
-
-    def _materialize_meta(self, device: torch.device) -> None:
-        """Give every parameter and buffer still on the meta device memory on ``device`` and
-        initialise it by the model's own rules (transformers' ``_init_weights``, else the
-        modules' ``reset_parameters``). Generated attributes read as meta placeholders
-        meanwhile, so nothing dense is generated or allocated."""
-        base = self.base_model
-        touched = []
-        made: dict[int, torch.Tensor] = {}  # a tensor shared by several modules (tied) stays shared
-        for module in base.modules():
-            fresh = False
-            for slots, wrap in ((module._parameters, True), (module._buffers, False)):
-                for name, tensor in list(slots.items()):
-                    if tensor is None or not tensor.is_meta:
-                        continue
-                    if id(tensor) not in made:
-                        empty = torch.empty_like(tensor, device=device)
-                        made[id(tensor)] = nn.Parameter(empty, requires_grad=tensor.requires_grad) if wrap else empty
-                    slots[name] = made[id(tensor)]
-                    fresh = True
-            if fresh or is_generated(module):
-                touched.append(module)
-        init = getattr(base, "_init_weights", None)
-        with torch.no_grad():
-            for module in touched:
-                try:
-                    with self._engine.placeholders():
-                        _initialise(module, init)
-                except (RuntimeError, NotImplementedError):
-                    # a computation mixing meta and real tensors (a weight_norm parametrization):
-                    # this module's placeholders are real (and freed right after)
-                    with self._engine.placeholders(device):
-                        _initialise(module, init)
-
-    def _initial_ring(self, ring_name: str, ring_init: str, targets: list[FoundTarget]) -> torch.Tensor:
-        ring = self.layout.rings[ring_name]
-        ids = self.layout.ring_targets(ring_name)
-        dtype = self.rpg_config.torch_ring_dtype
-        if ring_init == "empty":
-            values = torch.empty(ring.size, dtype=dtype)
-        elif ring_init == "zeros":
-            values = torch.zeros(ring.size, dtype=dtype)
-        elif ring_init == "random":
-            values = ring_normal_init(ring.size, self._engine.keys[ring_name]) * ring.scale
-        elif ring_init == "project":
-            values = self._projected_ring(ring_name, ids, targets)
-        else:  # pragma: no cover - internal
-            raise ValueError(ring_init)
-        return values.to(dtype=dtype)
-
-    def _projected_ring(self, ring_name: str, ids: list[int], targets: list[FoundTarget]) -> torch.Tensor:
-        """Least-squares ring: each entry is the gain-weighted mean of the weights it feeds,
-        ``theta_i = sum(g * s * W) / sum(g**2)`` over its uses."""
-        n = self.layout.rings[ring_name].size
-        numerator = torch.zeros(n, dtype=torch.float64)
-        denominator = torch.zeros(n, dtype=torch.float64)
-        for tid in ids:
-            entry = self.layout.targets[tid]
-            index = self._engine.indices(ring_name, entry, targets[tid].param.device).cpu().to(torch.int64)
-            negative = index >= n
-            entry_index = index - n * negative
-            sign = 1.0 - 2.0 * negative.to(torch.float64)
-            values = targets[tid].param.detach().cpu().to(torch.float64).flatten()
-            numerator.index_add_(0, entry_index, sign * values, alpha=entry.gain)
-            denominator.index_add_(0, entry_index, torch.full_like(values, entry.gain**2))
-        return numerator / denominator
+        for name, param in model.named_parameters(remove_duplicate=False):
+            if id(param) not in bases and (name not in plan.stored_names or plan.unfreeze_stored):
+                param.requires_grad_(name in plan.stored_names)
+        self.__class__ = model_class_for(RPGModel, original_class(model))
+        self.register_state_dict_post_hook(drop_base_weights)
+        self.register_load_state_dict_post_hook(allow_missing_base_weights)
+        return self
 
     # ------------------------------------------------------------------ calling
 
@@ -554,17 +163,17 @@ class RPGModel(nn.Module):
             ...     reference_logits = model(**batch).logits
         """
         self._check_usable()
-        if self.rpg_config.mode != "delta":
+        if not self.plan.delta:
             raise RPGStateError("disable_rpg() needs mode='delta': in replace mode there is no base model to run")
         engine = self._engine
         previous = engine.update_enabled
         engine.update_enabled = False
-        engine._drop_inference_weights()
+        engine.drop_inference_weights()
         try:
             yield
         finally:
             engine.update_enabled = previous
-            engine._drop_inference_weights()
+            engine.drop_inference_weights()
 
     disable_adapter = disable_rpg
 
@@ -573,12 +182,7 @@ class RPGModel(nn.Module):
         result = super()._apply(fn, recurse)
         engine = self.__dict__.get("_engine")
         if engine is not None:
-            specs = []
-            for spec in engine.specs:
-                probe = fn(torch.empty(0, dtype=spec.dtype, device=spec.device))
-                specs.append(dataclasses.replace(spec, dtype=probe.dtype, device=probe.device))
-            engine.specs = specs
-            engine._drop_inference_weights()
+            engine.follow(engine.plan.moved(fn))
         return result
 
     def __reduce_ex__(self, protocol: int) -> Any:
@@ -603,16 +207,47 @@ class RPGModel(nn.Module):
         """Free the weights kept for inference (they are regenerated on next use)."""
         self._engine.clear_cache()
 
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def plan(self) -> Plan:
+        """The per-target plan, decided once when RPG was applied or the checkpoint loaded
+        (``hf_rpg.runtime.plan.Plan``): each target's manifest entry (ring, offset, gain,
+        rank), how it is served (``plan.servings()``), its dtype and device, which
+        embeddings generate rows only (``plan.rowwise_ids()``), and the caching policy
+        (``cache_indices``, ``regenerate``, ``inference_cache``)."""
+        return self._engine.plan
+
+    def runtime_stats(self) -> RuntimeStats:
+        """What the model holds right now besides its parameters: index cache bytes and
+        layouts, pooled buffers, live and cached weights, and how many weights were
+        generated so far (``hf_rpg.runtime.engine.RuntimeStats``).
+
+        Example:
+            >>> model.runtime_stats().index_cache_bytes
+            409600
+        """
+        return self._engine.stats()
+
+    def build_index_caches(self, device: torch.device | str | None = None) -> None:
+        """Build the int32 index caches now on ``device`` (default CPU) rather than on first use
+        (no-op with ``index_cache="none"``)."""
+        self._engine.indices.build(device)
+
+    def set_index_override(self, ring_name: str, signed_index: torch.Tensor) -> None:
+        """For studies only (index ablations): ring ``ring_name`` gathers through
+        ``signed_index`` (int32, one index into ``[θ, −θ]`` per generated element) instead of
+        its ``rpg-v1`` indices; a checkpoint does not record it (see
+        ``hf_rpg.runtime.engine.WeightEngine.set_index_override``)."""
+        self._engine.set_index_override(ring_name, signed_index)
+
     def generated_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """``(name, tensor)`` of every generated weight, as the model currently sees it:
         the weight itself (replace mode, delta mode on a dense full-rank target), or the
         dense update ``ΔW`` added to the layer's output (quantized bases, low-rank
         targets; the low-rank update made dense here, in the layout of the layer's weight)."""
         for tid, entry in enumerate(self.layout.targets):
-            tensor = self._engine.tensor(tid)
-            if self._engine.specs[tid].serving == "lowrank":
-                tensor = self._engine.lowrank_delta(tid, tensor)
-            yield entry.name, tensor
+            yield entry.name, self._engine.dense_update(tid, self._engine.tensor(tid))
 
     # ------------------------------------------------------------------ accounting
 
@@ -620,13 +255,13 @@ class RPGModel(nn.Module):
         """ids of the base model's parameters that checkpoints and ``state_dict()`` store
         (see ``is_stored``); looked up by name, so Parameters swapped by wrappers count."""
         params = self.base_model.named_parameters(remove_duplicate=False)
-        if self.rpg_config.mode != "delta":
+        if not self.plan.delta:
             return {id(p) for _, p in params}
         bases = self._delta_base_ids()
-        return {id(p) for n, p in params if n in self._stored_names and id(p) not in bases}
+        return {id(p) for n, p in params if n in self.plan.stored_names and id(p) not in bases}
 
     def _delta_base_ids(self) -> set[int]:
-        if self.rpg_config.mode != "delta":
+        if not self.plan.delta:
             return set()
         return {id(owners[0].module._parameters[owners[0].attr]) for owners in self._targets}
 
@@ -636,7 +271,7 @@ class RPGModel(nn.Module):
         applied (``other_parameters``, ``modules_to_save``): the frozen ones, pretrained
         weights under the update included, come from the base model. ``stored_ids``:
         ``stored_parameter_ids()``, computed once by callers that ask for many parameters."""
-        if self.rpg_config.mode != "delta":
+        if not self.plan.delta:
             return True
         return id(param) in (self.stored_parameter_ids() if stored_ids is None else stored_ids)
 
@@ -680,7 +315,7 @@ class RPGModel(nn.Module):
             # the targets' own sizes: a low-rank target generates fewer elements than it has
             model_parameters=sum(math.prod(t.shape) for t in self.layout.targets) + others,
             stored_parameters=ring_dof + saved,
-            mode=self.rpg_config.mode,
+            mode="delta" if self.plan.delta else "replace",
         )
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -704,7 +339,7 @@ class RPGModel(nn.Module):
         ``hf_rpg.api.checkpoint.save_checkpoint`` for the keyword arguments.
         """
         self._check_usable()
-        _check_keywords("save_pretrained", kwargs, save_checkpoint, skip=2)
+        check_keywords("save_pretrained", kwargs, save_checkpoint, skip=2)
         if kwargs.get("state_dict") is None:
             gathered = self._gathered_for_saving()
             if gathered is not None:
@@ -730,7 +365,7 @@ class RPGModel(nn.Module):
         weights. Delta mode loads the base model the checkpoint records, or uses
         ``base_model``. See ``hf_rpg.api.model.load_checkpoint`` for the keyword arguments.
         """
-        _check_keywords("from_pretrained", kwargs, load_checkpoint, skip=2)
+        check_keywords("from_pretrained", kwargs, load_checkpoint, skip=2)
         return load_checkpoint(path_or_repo_id, base_model=base_model, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
@@ -752,36 +387,19 @@ class RPGModel(nn.Module):
         is unusable afterwards.
         """
         self._check_usable()
-        engine = self._engine
-        with torch.no_grad():
-            weights = engine.generate(list(range(len(self.layout.targets))))
-            params: dict[int, nn.Parameter] = {}
-            dense_layers: dict[int, tuple[Owner, torch.Tensor]] = {}  # quantized bases: become nn.Linear
-            for tid, weight in weights.items():
-                owner = self._targets[tid][0]
-                serving = engine.specs[tid].serving
-                if serving == "lowrank":
-                    weight = engine.lowrank_delta(tid, weight)
-                    base = engine._base(tid)
-                    if quantization_of(base) is None:
-                        params[tid] = nn.Parameter((base.to(weight.dtype) + weight).to(base.dtype))
-                        continue
-                    serving = "additive"
-                if serving == "additive":
-                    dense_layers[tid] = (owner, weight)
-                    params[tid] = owner.module._parameters[owner.attr]
-                else:
-                    params[tid] = nn.Parameter(weight.detach().clone())
+        params, dense_updates = merged_parameters(self._engine)
         model = self._unload(params)
-        for owner, delta in dense_layers.values():
-            _replace_with_dense_linear(model, owner, delta)
+        for tid, delta in dense_updates.items():  # a quantized base becomes a dense nn.Linear
+            owner = self._targets[tid][0]
+            parent, _, child = owner.module_name.rpartition(".")
+            model.get_submodule(parent).register_module(child, dense_linear(owner.module, owner.attr, delta))
         return model
 
     def unload(self) -> nn.Module:
         """Delta mode: return the base model with its original (frozen) weights, dropping
         the update. Replace mode has no original weights: use ``merge_and_unload``."""
         self._check_usable()
-        if self.rpg_config.mode != "delta":
+        if not self.plan.delta:
             raise RPGStateError("unload() needs mode='delta'; in replace mode use merge_and_unload()")
         bases = {tid: owners[0].module._parameters[owners[0].attr] for tid, owners in enumerate(self._targets)}
         return self._unload(bases)
@@ -852,12 +470,14 @@ def load_checkpoint(
         base_model = build_base_model(meta, config, files.get(MODEL_CONFIG_NAME), hub_kwargs)
     targets = targets_from_manifest(base_model, layout)
     trainable = [(p, p.requires_grad) for p in base_model.parameters()]
-    on_meta = _has_meta_tensors(base_model)
+    on_meta = has_meta_tensors(base_model)
     target_device = torch.device(device if device is not None else "cpu") if on_meta else None
-    model = RPGModel._wrap(base_model, config, layout, targets, "empty", device=target_device)
+    stored = stored_parameter_ids(base_model, targets, config)
+    plan = plan_for_layout(base_model, config, layout, targets, target_device, stored)
+    model = RPGModel._wrap(base_model, config, plan, targets, device=target_device)
     try:
         if on_meta:
-            model._materialize_meta(target_device)
+            materialize_meta(model.base_model, model._engine, target_device)
         load_tensors(model, files[WEIGHTS_NAME], binding=binding_digest(meta), ring_storage=meta.get("ring_storage"))
     except BaseException:
         # A base_model the caller passed is theirs: give it back as it was, not half-wrapped.

@@ -1,8 +1,12 @@
-"""From a config and the targets found in a model to the layout manifest: rings, DoF and scales.
+"""The one planning step: a config and a model give the layout and the per-target plan.
 
-Which ring each target draws from, how the DoF budget is shared between rings, and the
-scale (gain) of each ring; the result is a ``hf_rpg.format.manifest.Layout``, which is what
-a checkpoint stores and what loading follows.
+``make_plan`` decides, when RPG is applied, which targets can be served, which ring each
+draws from, how the DoF budget is shared between rings, each target's rank and scale (the
+``hf_rpg.format.manifest.Layout`` a checkpoint stores and loading follows), and then, like
+``plan_for_layout`` does for a loaded checkpoint's layout, how each target is served, its
+dtype and device, which parameters train and are stored, how the rings start, and the
+engine's caching policy: a ``hf_rpg.runtime.plan.Plan``, computed once and read by the
+engine, the loader and the DoF report. Nothing after this step reads the config.
 """
 
 from __future__ import annotations
@@ -10,29 +14,158 @@ from __future__ import annotations
 import math
 import struct
 
+import torch
+from torch import nn
+
 from ..errors import RPGConfigError
 from ..format.manifest import Layout, RingLayout, TargetLayout
+from ..runtime.plan import ADDITIVE, LOWRANK, MERGED, REPLACE, Plan, Serving, TargetPlan
 from ..spec.generator import MAX_POSITIONS
-from ..spec.lowrank import factor_shape
-from .config import DEFAULT_RING, RPGConfig
-from .targets import FoundTarget, matches
+from ..spec.lowrank import LOWRANK_KINDS, factor_shape, features
+from .config import AUTO_INDEX_CACHE_ELEMENTS, AUTO_RANK, AUTO_RANK_ELEMENTS_PER_DOF, RPGConfig
+from .targets import FoundTarget, select
 
 
-def assign_rings(targets: list[FoundTarget], config: RPGConfig) -> list[str]:
-    """The ring of each target: the first ``config.rings`` pattern it matches, else default."""
-    if config.rings is None:
-        return [DEFAULT_RING] * len(targets)
-    assigned = []
-    for target in targets:
-        ring = next(
-            (name for name, pattern in config.rings.items() if any(matches(n, pattern) for n in target.match_names)),
-            DEFAULT_RING,
+def make_plan(
+    model: nn.Module, config: RPGConfig, device: torch.device | None, on_meta: bool
+) -> tuple[list[FoundTarget], Plan]:
+    """Apply time: the targets ``config`` picks in ``model`` (``select``; targets hf_rpg cannot
+    serve are refused there) and their plan, with a fresh layout (rings assigned, gains
+    measured, ranks picked, rings sized). ``on_meta``: the model is on the meta device."""
+    if on_meta:
+        check_meta_config(config, device)
+    targets, rings, stored, gains = select(model, config)
+    layout = build_layout(targets, rings, gains, config, _ranks(targets, config))
+    ring_init = "zeros" if config.is_delta else config.init
+    return targets, plan_for_layout(model, config, layout, targets, device, stored, ring_init)
+
+
+def plan_for_layout(
+    model: nn.Module,
+    config: RPGConfig,
+    layout: Layout,
+    targets: list[FoundTarget],
+    device: torch.device | None,
+    stored: set[int],
+    ring_init: str = "empty",
+) -> Plan:
+    """The plan of ``targets`` laid out by ``layout`` (a fresh one, or a checkpoint's).
+    ``device``: where weights of targets on the meta device will live (None: each target's
+    own device); ``stored``: the ids of ``stored_parameter_ids``."""
+    delta = config.is_delta
+    plans = []
+    for entry, target in zip(layout.targets, targets, strict=True):
+        owner = target.owners[0]
+        plans.append(
+            TargetPlan(
+                entry=entry,
+                serving=_serving(target, config, entry),
+                dtype=target.param.dtype if target.quantization is None else torch.float32,
+                device=device if device is not None and target.param.is_meta else target.param.device,
+                base_slot=(owner.module, owner.attr) if delta else None,
+                rowwise=_rowwise(target, config) and entry.rank is None,
+            )
         )
-        assigned.append(ring)
-    for name in config.rings:
-        if name not in assigned:
-            raise RPGConfigError(f"rings[{name!r}]={config.rings[name]!r} matches no targeted module or parameter")
-    return assigned
+    return Plan(
+        layout=layout,
+        targets=tuple(plans),
+        seed=config.seed,
+        delta=delta,
+        cache_indices=_caches_indices(config, layout),
+        regenerate=_regenerates(config, layout),
+        inference_cache=config.inference_cache,
+        ring_init=ring_init,
+        ring_dtype=config.torch_ring_dtype,
+        # by name: wrappers such as FSDP replace the Parameter objects, never their names
+        stored_names=frozenset(n for n, p in model.named_parameters(remove_duplicate=False) if id(p) in stored),
+        # "train" keeps the model's own requires_grad; a narrower policy unfreezes what it picked
+        unfreeze_stored=config.resolved_other_parameters != "train" or config.modules_to_save is not None,
+    )
+
+
+def check_meta_config(config: RPGConfig, device: torch.device | None) -> None:
+    """Refuse what a model on the meta device cannot do: no device, delta mode, ``init="project"``."""
+    if device is None:
+        raise RPGConfigError(
+            "the model is on the meta device: pass device= (where the rings, the parameters that are not "
+            "generated and the buffers are materialised), e.g. apply_rpg(model, config, device='cpu')"
+        )
+    if torch.device(device).type == "meta":
+        raise RPGConfigError("device='meta' is not a place to materialise anything; pass e.g. device='cpu'")
+    if config.is_delta:
+        raise RPGConfigError(
+            "mode='delta' needs the pretrained weights, and a model on the meta device has none; load it first, "
+            "or use mode='replace'"
+        )
+    if config.init == "project":
+        raise RPGConfigError("init='project' fits the model's weights, and a model on the meta device has none")
+
+
+def _lowrank_eligible(target: FoundTarget) -> bool:
+    """``config.rank`` applies to the ``weight`` of linear layers (dense or quantized, one owner)."""
+    return (
+        target.kind in LOWRANK_KINDS
+        and len(target.owners) == 1
+        and target.owners[0].attr == "weight"
+        and len(target.shape) == 2
+    )
+
+
+def _ranks(targets: list[FoundTarget], config: RPGConfig) -> list[int | None]:
+    """Each target's low-rank factor rank, or None for a full-rank update."""
+    if config.rank is None or not config.is_delta:  # replace mode generates whole weights
+        return [None] * len(targets)
+    eligible = [_lowrank_eligible(t) for t in targets]
+    rank = config.rank
+    if rank == "auto":
+        outs = sum(features(t.shape, t.kind)[1] for t, ok in zip(targets, eligible, strict=True) if ok)
+        rank = AUTO_RANK
+        if isinstance(config.dof, int) and outs:
+            rank = max(rank, math.ceil(AUTO_RANK_ELEMENTS_PER_DOF * config.dof / outs))
+        return [min(rank, *features(t.shape, t.kind)) if ok else None for t, ok in zip(targets, eligible, strict=True)]
+    return [rank if ok else None for ok in eligible]
+
+
+def _rowwise(target: FoundTarget, config: RPGConfig) -> bool:
+    """Untied plain embeddings can generate only the rows a batch looks up."""
+    if not config.embedding_rows or len(target.owners) != 1:
+        return False
+    owner = target.owners[0]
+    module = owner.module
+    return (
+        owner.attr == "weight"
+        and isinstance(module, nn.Embedding)
+        # only nn.Embedding's own forward: subclasses (scaled, learned positions) run theirs
+        and type(module).forward is nn.Embedding.forward
+        and target.quantization is None
+        and module.max_norm is None
+        and not module.sparse
+        and not module.scale_grad_by_freq
+    )
+
+
+def _caches_indices(config: RPGConfig, layout: Layout) -> bool:
+    if config.index_cache == "auto":
+        # low-rank factors are small: their indices are computed on the fly, nothing is kept
+        if all(t.rank is not None for t in layout.targets):
+            return False
+        return layout.generated_elements <= AUTO_INDEX_CACHE_ELEMENTS
+    return config.index_cache == "int32"
+
+
+def _regenerates(config: RPGConfig, layout: Layout) -> bool:
+    if config.weights_in_backward == "auto":
+        return layout.generated_elements > AUTO_INDEX_CACHE_ELEMENTS
+    return config.weights_in_backward == "regenerate"
+
+
+def _serving(target: FoundTarget, config: RPGConfig, entry: TargetLayout) -> Serving:
+    """How a target is served (see ``hf_rpg.runtime.plan``)."""
+    if not config.is_delta:
+        return REPLACE
+    if entry.rank is not None:
+        return LOWRANK
+    return ADDITIVE if target.quantization is not None else MERGED
 
 
 def allocate_dof(dof: int | float, elements: dict[str, int]) -> dict[str, int]:
@@ -103,7 +236,7 @@ def build_layout(
     ranks = ranks if ranks is not None else [None] * len(targets)
     scales = ring_scales(targets, rings, gains, ranks)
     # delta mode: a float gain scales the update (ring values stay on the weights' scale)
-    multiplier = config.gain if config.mode == "delta" and isinstance(config.gain, float) else 1.0
+    multiplier = config.gain if config.is_delta and isinstance(config.gain, float) else 1.0
     offsets: dict[str, int] = {}
     entries = []
     for target, ring, gain, rank in zip(targets, rings, gains, ranks, strict=True):

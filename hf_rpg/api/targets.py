@@ -7,12 +7,18 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
-from ..errors import RPGTargetError
-from ..runtime.quantized import additive_layer_supported, logical_shape, quantization_of
-from .config import RPGConfig
+from ..errors import RPGConfigError, RPGManifestMismatchError, RPGTargetError
+from ..format.manifest import Layout
+from ..runtime.quantized import (
+    additive_layer_supported,
+    is_distributed_tensor,
+    logical_shape,
+    quantization_of,
+    weight_std,
+)
+from .config import DEFAULT_RING, RPGConfig
 
 try:  # transformers' GPT-2 style linear layer (weight stored as [in, out])
     from transformers.pytorch_utils import Conv1D
@@ -252,7 +258,7 @@ def resolved_target_modules(model: nn.Module, config: RPGConfig) -> str | list[s
     """``config.target_modules`` with its defaults filled in: ``None`` stands for every
     layer hf_rpg generates (``"all"``), ``"all-linear"`` stays a keyword; in delta mode
     ``None`` means the architecture's entry in ``DELTA_DEFAULT_TARGETS`` when it has one."""
-    if config.target_modules is None and config.mode == "delta":
+    if config.target_modules is None and config.is_delta:
         return default_delta_targets(model)
     if config.target_modules == ALL_LAYERS:
         return None
@@ -344,7 +350,140 @@ def fans(target_shape: Iterable[int], kind: str) -> tuple[int, int]:
     return fan_in, fan_out
 
 
-def tensor_std(tensor: torch.Tensor) -> float:
-    """Standard deviation in float64, rounded through float32 so that it is stable."""
-    values = tensor.detach().to(torch.float64)
-    return float(torch.tensor(values.std(unbiased=False).item(), dtype=torch.float32)) if values.numel() > 1 else 0.0
+def targets_from_manifest(model: nn.Module, layout: Layout) -> list[FoundTarget]:
+    """Find each manifest target in ``model`` by name; raise on the first mismatch."""
+    owners = _parameter_owners(model)
+    found = []
+    for entry in layout.targets:
+        module_name, _, attr = entry.name.rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            raise RPGManifestMismatchError(
+                f"the model ({type(model).__name__}) has no module {module_name!r} for manifest target {entry.name!r}"
+            ) from None
+        param = module._parameters.get(attr)
+        if not isinstance(param, nn.Parameter):
+            raise RPGManifestMismatchError(
+                f"the model ({type(model).__name__}) has no parameter {entry.name!r} named in the manifest"
+            )
+        param_owners = owners[id(param)]
+        paths = {o.path for o in param_owners}
+        missing_ties = [t for t in entry.tied if t not in paths]
+        if missing_ties:
+            raise RPGManifestMismatchError(
+                f"manifest target {entry.name!r} is tied to {missing_ties[0]!r}, but in the model that is "
+                f"not the same parameter (ties in the model: {sorted(paths - {entry.name})})"
+            )
+        owner_module = param_owners[0].module
+        layer = owner_module if attr == "weight" else None
+        target = FoundTarget(entry.name, param, param_owners, layer, module_name, entry.kind, quantization_of(param))
+        if target.shape != entry.shape:
+            raise RPGManifestMismatchError(
+                f"manifest target {entry.name!r} has shape {list(entry.shape)} but the model's parameter has "
+                f"shape {list(target.shape)}"
+            )
+        found.append(target)
+    return found
+
+
+def assign_rings(targets: list[FoundTarget], config: RPGConfig) -> list[str]:
+    """The ring of each target: the first ``config.rings`` pattern it matches, else default."""
+    if config.rings is None:
+        return [DEFAULT_RING] * len(targets)
+    assigned = []
+    for target in targets:
+        ring = next(
+            (name for name, pattern in config.rings.items() if any(matches(n, pattern) for n in target.match_names)),
+            DEFAULT_RING,
+        )
+        assigned.append(ring)
+    for name in config.rings:
+        if name not in assigned:
+            raise RPGConfigError(f"rings[{name!r}]={config.rings[name]!r} matches no targeted module or parameter")
+    return assigned
+
+
+def stored_parameter_ids(model: nn.Module, targets: list[FoundTarget], config: RPGConfig) -> set[int]:
+    """ids of the non-generated parameters that train and that checkpoints store.
+
+    Replace mode stores every non-generated parameter. Delta mode stores what trains:
+    everything but the frozen bases with ``other_parameters="train"``, else the task
+    heads (``"head"``) or nothing (``"freeze"``), plus ``modules_to_save``.
+    """
+    bases = {id(t.param) for t in targets}
+    policy = config.resolved_other_parameters
+    chosen: set[int] = set()
+    if config.modules_to_save is not None:
+        for name, module in model.named_modules():
+            if matches(name, config.modules_to_save):
+                chosen |= {id(p) for p in module.parameters()}
+        if not chosen:
+            raise RPGConfigError(
+                f"modules_to_save={config.modules_to_save!r} matches no module with parameters in "
+                f"{type(model).__name__}"
+            )
+    elif policy == "head":
+        heads = trainable_heads(model)
+        chosen = {id(p) for m in model.modules() if id(m) in heads for p in m.parameters(recurse=False)}
+    if policy == "train":
+        chosen |= {id(p) for p in model.parameters()}
+    return chosen - bases
+
+
+def select(model: nn.Module, config: RPGConfig) -> tuple[list[FoundTarget], list[str], set[int], list[float]]:
+    """Everything the config picks in ``model``: the targets (``find_targets``), the ring of
+    each (``assign_rings``), the non-generated parameters that train and are stored
+    (``stored_parameter_ids``) and the scale of each target (``gain``)."""
+    found = find_targets(model, config)
+    for target in found:
+        check_servable(target, config)
+    rings = assign_rings(found, config)
+    stored = stored_parameter_ids(model, found, config)
+    return found, rings, stored, [gain(target, config, model) for target in found]
+
+
+def gain(target: FoundTarget, config: RPGConfig, model: nn.Module) -> float:
+    """The scale of a generated tensor (see ``RPGConfig.gain``). In delta mode a float gain
+    multiplies the ``"auto"`` scales (``build_layout`` applies it), so it is not used here."""
+    initializer_range = getattr(getattr(model, "config", None), "initializer_range", None)
+    rule = config.gain
+    if isinstance(rule, float):
+        if not config.is_delta:
+            return rule
+        rule = "auto"
+    fan_in, fan_out = fans(target.shape, target.kind)
+    if rule == "kaiming_fan_in":
+        return math.sqrt(2.0 / fan_in)
+    if rule == "kaiming_fan_out":
+        return math.sqrt(2.0 / fan_out)
+    std = weight_std(target.layer, target.param)
+    if std > 0.0 and math.isfinite(std):
+        return std
+    if isinstance(initializer_range, (int, float)) and initializer_range > 0:
+        return float(initializer_range)
+    return 1.0 / math.sqrt(fan_in)
+
+
+def check_servable(target: FoundTarget, config: RPGConfig) -> None:
+    """Raise ``RPGTargetError`` for a target hf_rpg cannot generate correctly."""
+    if is_distributed_tensor(target.param):
+        raise RPGTargetError(
+            f"{target.name!r} is a distributed tensor ({type(target.param).__name__}): apply hf_rpg before "
+            "fully_shard / tensor parallelism, not after"
+        )
+    if target.quantization is None:
+        if not target.param.is_floating_point():
+            raise RPGTargetError(f"{target.name!r} is {target.param.dtype}, not floating point; it cannot be generated")
+        return
+    where = f"{target.layer_name or target.name!r} ({type(target.layer).__name__}, {target.quantization})"
+    if not config.is_delta:
+        raise RPGTargetError(
+            f"{where} is quantized: mode='replace' cannot generate quantized weights; use mode='delta' (the update "
+            "is added to the quantized layer's output) or exclude_modules"
+        )
+    if target.layer is None or not additive_layer_supported(target.layer) or len(target.owners) != 1:
+        raise RPGTargetError(
+            f"{where} is quantized and not a plain linear layer with one owner: hf_rpg adds delta updates to "
+            "quantized nn.Linear layers only (bitsandbytes Linear4bit / Linear8bitLt, torchao); exclude it"
+        )

@@ -65,3 +65,12 @@ def dequantize(module: nn.Module, param: torch.Tensor) -> torch.Tensor:
             raise ValueError("this bitsandbytes Int8Params has no scales (SCB): load or move it to its device first")
         return param.data.to(torch.float32) * (scales.to(torch.float32).unsqueeze(1) / 127.0)
     return param.dequantize()
+
+
+def weight_std(layer: nn.Module | None, param: torch.Tensor) -> float:
+    """Standard deviation of a weight (dequantized first when quantized; 0 on the meta
+    device), in float64, rounded through float32 so that it is stable."""
+    values = param if quantization_of(param) is None else dequantize(layer, param)
+    if values.device.type == "meta" or values.numel() <= 1:
+        return 0.0
+    return float(torch.tensor(values.detach().to(torch.float64).std(unbiased=False).item(), dtype=torch.float32))

@@ -2,7 +2,7 @@
 
 ``_GenerateFromRing`` turns a ring into one or more generated tensors and scatter-adds
 their gradients back into the ring. It saves nothing per generated element: indices come
-from the engine (the int32 cache, or recomputed from the seed), so backward needs only the
+from ``RingIndices`` (the int32 cache, or recomputed from the seed), so backward needs only the
 ring's size. When each weight is generated, and for how long it lives, is the engine's
 business (``hf_rpg.runtime.engine``).
 """
@@ -13,32 +13,15 @@ import itertools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..format.manifest import Layout, TargetLayout
 from ..spec import index_encoding, index_kernels
-from ..spec.generator import GeneratorKey
 
-
-class WeightEngine(Protocol):
-    """What the autograd function needs from the engine (``hf_rpg.runtime.engine.WeightEngine``):
-    where each target's indices come from."""
-
-    cache_indices: bool
-    keys: dict[str, GeneratorKey]
-    layout: Layout
-
-    def sign_bit_layout(self, ring_name: str, device: torch.device) -> bool:
-        """Whether ``raw_indices`` of this ring come in the sign-bit layout on ``device``."""
-        ...
-
-    def raw_indices(self, ring_name: str, target: TargetLayout, device: torch.device) -> torch.Tensor:
-        """The indices of ``target`` (1-D) in the ring's layout on ``device``."""
-        ...
-
-    def _ring_index(self, ring_name: str, device: torch.device) -> torch.Tensor: ...
+if TYPE_CHECKING:
+    from ..format.manifest import TargetLayout
+    from .index_cache import RingIndices
 
 
 @dataclass(frozen=True)
@@ -102,7 +85,7 @@ class _GenerateFromRing(torch.autograd.Function):
 
     Backward scatter-adds ``gain_t * dL/dW_t`` into the signed ring and folds it:
     ``grad_ring = grad_signed[:N] - grad_signed[N:]``; large CPU rings use the sign-bit
-    layout instead, with the same weights (see ``index_encoding``). Indices come from the engine (the
+    layout instead, with the same weights (see ``index_encoding``). Indices come from ``RingIndices`` (the
     int32 cache, or recomputed from the seed), so nothing per-element is saved for backward.
     With ``out`` (a flat buffer, one slice per request) the weights are written into it
     instead of fresh memory: first-touching fresh pages costs as much as the gather itself.
@@ -116,31 +99,31 @@ class _GenerateFromRing(torch.autograd.Function):
     def forward(
         ctx,
         ring: torch.Tensor,
-        engine: WeightEngine,
+        indices: RingIndices,
         ring_name: str,
         requests: list[_Request],
         out: torch.Tensor | None,
     ):
-        ctx.engine, ctx.ring_name, ctx.requests = engine, ring_name, requests
+        ctx.indices, ctx.ring_name, ctx.requests = indices, ring_name, requests
         ctx.ring_size = ring.shape[0]
         ctx.set_materialize_grads(False)
-        ctx.kernels = _kernels_apply(engine, ring)
+        ctx.kernels = _kernels_apply(indices, ring)
         if ctx.kernels:
             ctx.sign_bit = False
-            return _kernel_gather(engine, ring_name, ring.detach(), requests, out)
-        sign_bit = engine.sign_bit_layout(ring_name, ring.device)
+            return _kernel_gather(indices, ring_name, ring.detach(), requests, out)
+        sign_bit = indices.sign_bit_layout(ring_name, ring.device)
         # detached: grad mode is per thread, and the worker threads have it on
         table = ring.detach() if sign_bit else torch.cat((ring, ring.neg()))
         ctx.sign_bit = sign_bit
         total = sum(r.target.numel for r in requests)
-        if not sign_bit and _fused_applies(engine, ring.device):
-            return _fused_gather(engine, ring_name, table, requests, out, total)
+        if not sign_bit and _fused_applies(indices, ring.device):
+            return _fused_gather(indices, ring_name, table, requests, out, total)
         workers = _workers(ring.device, total)
         outputs, jobs = [], []
         position = 0
         for request in requests:
             target = request.target
-            index = engine.raw_indices(ring_name, target, ring.device)
+            index = indices.raw_indices(ring_name, target, ring.device)
             if out is not None:
                 values = out.narrow(0, position, target.numel)
                 position += target.numel
@@ -163,15 +146,15 @@ class _GenerateFromRing(torch.autograd.Function):
             return None, None, None, None, None
         device, dtype = work[0][1].device, work[0][1].dtype
         if ctx.kernels:
-            return _kernel_scatter(ctx.engine, ctx.ring_name, work, n, dtype), None, None, None, None
-        if not ctx.sign_bit and _fused_applies(ctx.engine, device):
-            grad_signed = _fused_scatter(ctx.engine, ctx.ring_name, work, 2 * n, dtype)
+            return _kernel_scatter(ctx.indices, ctx.ring_name, work, n, dtype), None, None, None, None
+        if not ctx.sign_bit and _fused_applies(ctx.indices, device):
+            grad_signed = _fused_scatter(ctx.indices, ctx.ring_name, work, 2 * n, dtype)
             return grad_signed[:n] - grad_signed[n:], None, None, None, None
         total = sum(r.target.numel for r, _ in work)
         workers = _workers(device, total)
         spans = []  # (index, grad, gain) pieces, dealt to the workers round-robin
         for request, grad in work:
-            index = ctx.engine.raw_indices(ctx.ring_name, request.target, device)
+            index = ctx.indices.raw_indices(ctx.ring_name, request.target, device)
             flat = grad.reshape(-1)
             for start, length in _chunks(flat.numel(), max(1, workers * flat.numel() // total)):
                 spans.append((index.narrow(0, start, length), flat.narrow(0, start, length), request.target.gain))
@@ -186,16 +169,16 @@ class _GenerateFromRing(torch.autograd.Function):
         return grad_ring, None, None, None, None
 
 
-def _kernels_apply(engine: WeightEngine, ring: torch.Tensor) -> bool:
+def _kernels_apply(indices: RingIndices, ring: torch.Tensor) -> bool:
     """Without an index cache, the compiled kernels of ``index_kernels`` compute indices and
     signs inside the gather and the scatter (about 5x faster than the tensor path)."""
-    return not engine.cache_indices and index_kernels.available(ring.device)
+    return not indices.cache_indices and index_kernels.available(ring.device)
 
 
 def _kernel_gather(
-    engine: WeightEngine, ring_name: str, ring: torch.Tensor, requests: list[_Request], out: torch.Tensor | None
+    indices: RingIndices, ring_name: str, ring: torch.Tensor, requests: list[_Request], out: torch.Tensor | None
 ) -> tuple[torch.Tensor, ...]:
-    key, total = engine.keys[ring_name], engine.layout.rings[ring_name].elements
+    key, total = indices.keys[ring_name], indices.layout.rings[ring_name].elements
     outputs, position = [], 0
     for request in requests:
         target = request.target
@@ -211,9 +194,9 @@ def _kernel_gather(
 
 
 def _kernel_scatter(
-    engine: WeightEngine, ring_name: str, work: list[tuple[_Request, torch.Tensor]], n: int, dtype: torch.dtype
+    indices: RingIndices, ring_name: str, work: list[tuple[_Request, torch.Tensor]], n: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    key, total = engine.keys[ring_name], engine.layout.rings[ring_name].elements
+    key, total = indices.keys[ring_name], indices.layout.rings[ring_name].elements
     grad_ring = torch.zeros(n, dtype=dtype, device=work[0][1].device)
     for request, grad in work:
         index_kernels.accumulate_span_grad(
@@ -222,12 +205,12 @@ def _kernel_scatter(
     return grad_ring
 
 
-def _fused_applies(engine: WeightEngine, device: torch.device) -> bool:
+def _fused_applies(indices: RingIndices, device: torch.device) -> bool:
     """Whether a ring's targets are generated with a few whole-ring kernels instead of a
     few per target: on GPUs, where a small model's step is bound by kernel launches and
     each target's gather would be one more launch. Needs the index cache (contiguous
     indices for consecutive targets)."""
-    return device.type != "cpu" and engine.cache_indices
+    return device.type != "cpu" and indices.cache_indices
 
 
 def _contiguous_runs(targets: list[TargetLayout]) -> list[tuple[int, int]]:
@@ -241,7 +224,7 @@ def _contiguous_runs(targets: list[TargetLayout]) -> list[tuple[int, int]]:
 
 
 def _fused_gather(
-    engine: WeightEngine,
+    indices: RingIndices,
     ring_name: str,
     table: torch.Tensor,
     requests: list[_Request],
@@ -253,7 +236,7 @@ def _fused_gather(
     same bits as the per-target path."""
     if out is None:
         out = torch.empty(total, dtype=table.dtype, device=table.device)
-    index = engine._ring_index(ring_name, table.device)
+    index = indices.cached(ring_name, table.device)
     targets = [r.target for r in requests]
     views, position = [], 0
     for target in targets:
@@ -273,12 +256,12 @@ def _fused_gather(
 
 
 def _fused_scatter(
-    engine: WeightEngine, ring_name: str, work: list[tuple[_Request, torch.Tensor]], size: int, dtype: torch.dtype
+    indices: RingIndices, ring_name: str, work: list[tuple[_Request, torch.Tensor]], size: int, dtype: torch.dtype
 ) -> torch.Tensor:
     """The backward in one scatter-add per run of consecutive targets: the gradients are
     concatenated and scaled by their gains with a multi-tensor op first."""
     device = work[0][1].device
-    index = engine._ring_index(ring_name, device)
+    index = indices.cached(ring_name, device)
     grad_signed = torch.zeros(size, dtype=dtype, device=device)
     targets = [r.target for r, _ in work]
     for first, stop in _contiguous_runs(targets):
