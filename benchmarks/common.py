@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from hf_rpg.examples_support import data as example_data
+from hf_rpg_studies import data as example_data
 
 transformers.logging.set_verbosity_error()
 
@@ -185,7 +185,7 @@ def bert_mini_workload(batch_size: int = 32, seq: int = 128) -> Workload:
 
 
 def minilm_path() -> str | None:
-    """``hf_rpg.examples_support.data.minilm_path()`` (the pretrained all-MiniLM-L6-v2), or None when that
+    """``hf_rpg_studies.data.minilm_path()`` (the pretrained all-MiniLM-L6-v2), or None when that
     is the Hub name and the Hub is off (offline without the package)."""
     path = example_data.minilm_path()
     return None if path == example_data.MINILM_HUB and os.environ.get("HF_HUB_OFFLINE") == "1" else path

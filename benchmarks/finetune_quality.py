@@ -59,7 +59,7 @@ import hf_rpg  # noqa: E402
 from benchmarks import quality_verdicts  # noqa: E402
 from benchmarks.common import cpu_name  # noqa: E402
 from hf_rpg import RPGConfig, apply_rpg  # noqa: E402
-from hf_rpg.examples_support import data as example_data  # noqa: E402
+from hf_rpg_studies import data as example_data  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 with contextlib.suppress(AttributeError):  # the progress bars of from_pretrained
@@ -150,7 +150,7 @@ PROTOCOL = f"""\
 Two tasks, one recipe for every method.
 
 - **text**: all-MiniLM-L6-v2 (pretrained BERT, 6 layers, hidden 384) on rt-polarity
-  (`hf_rpg.examples_support.data.load_rt_polarity`: 9,596 train / 1,066 test sentences).
+  (`hf_rpg_studies.data.load_rt_polarity`: 9,596 train / 1,066 test sentences).
   Train: the first {TEXT_TRAIN:,} sentences of a `numpy.random.default_rng(0)` permutation of the
   train split (the plan's 2,000 took 62 s a LoRA run and 120 s a full fine-tuning run on one
   thread, 45 s of it training: halved to keep the plan near an hour); validation: the next 500

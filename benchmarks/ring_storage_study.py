@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from hf_rpg import RPGModel, prune_ring
-from hf_rpg.api.checkpoint import WEIGHTS_NAME, checkpoint_bytes
+from hf_rpg.api.checkpoint import checkpoint_bytes
+from hf_rpg.format.files import WEIGHTS_NAME
 
 STORAGES = ("float32", "float16", "int8")
 PRUNE_FRACTIONS = (0.25, 0.5, 0.75)
@@ -58,7 +59,7 @@ def text_accuracy(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]
 
 def fashion_mnist_test() -> tuple[torch.Tensor, torch.Tensor]:
     """The 10,000 Fashion-MNIST test images at 28 x 28, as the image example feeds them."""
-    from hf_rpg.data import image_tensors, load_image_dataset
+    from hf_rpg_studies.data import image_tensors, load_image_dataset
 
     return image_tensors(load_image_dataset("fashion_mnist")["test"], 28)
 
@@ -67,7 +68,7 @@ def rt_polarity_test(tokenizer_path: str, max_length: int = 64) -> list[dict[str
     """The 1,066 rt-polarity test sentences, tokenized as the text example does."""
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
-    from hf_rpg.data import load_rt_polarity
+    from hf_rpg_studies.data import load_rt_polarity
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     test = load_rt_polarity()["test"]

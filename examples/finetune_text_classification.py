@@ -48,9 +48,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.api.checkpoint import checkpoint_bytes
 from hf_rpg.api.cli import DOF_HELP, parse_dof
-from hf_rpg.examples_support.data import find_rt_polarity, load_rt_polarity, minilm_path
-from hf_rpg.examples_support.threads import use_threads
 from hf_rpg.format.report import size_ratio
+from hf_rpg_studies.data import find_rt_polarity, load_rt_polarity, minilm_path
+from hf_rpg_studies.threads import use_threads
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 # delta: the library's defaults (query and value, full rank) with a ring of 8,000, and the
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-dir",
         default=None,
-        help="folder of rt-polarity.pos/.neg (default: see hf_rpg.examples_support.data)",
+        help="folder of rt-polarity.pos/.neg (default: see hf_rpg_studies.data)",
     )
     p.add_argument("--mode", choices=("delta", "replace"), default="delta")
     p.add_argument("--init", choices=("random", "project"), default=None, help="replace mode (default: project)")

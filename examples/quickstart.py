@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
-from hf_rpg.examples_support.threads import use_threads
+from hf_rpg_studies.threads import use_threads
 
 
 def build_model(name_or_path: str | None) -> torch.nn.Module:

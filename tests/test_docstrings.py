@@ -8,15 +8,10 @@ import pkgutil
 
 import hf_rpg
 
-# Deprecated aliases of moved modules: importing them warns, and they hold nothing of their own.
-DEPRECATED_ALIASES = {"data", "demo"}
-
 
 def _public_objects():
     for info in pkgutil.walk_packages(hf_rpg.__path__, prefix="hf_rpg."):
         short = info.name.removeprefix("hf_rpg.")
-        if short in DEPRECATED_ALIASES:
-            continue
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
             if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hf_rpg.examples_support.demo import run_digits_demo
+from hf_rpg_studies.demo import run_digits_demo
 
 
 def test_rpg_at_quarter_dof_learns_about_as_well_as_dense(tmp_path):

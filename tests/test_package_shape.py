@@ -1,4 +1,5 @@
-"""The package's import picture: imports run one way, the core never reaches the example plumbing.
+"""The package's import picture: imports run one way between the layers, the library never
+imports the study code (``hf_rpg_studies``).
 
 Every import inside hf_rpg counts, also those inside functions and under ``TYPE_CHECKING``:
 a lazy import is still a dependency.
@@ -7,17 +8,11 @@ a lazy import is still a dependency.
 from __future__ import annotations
 
 import ast
-import importlib
-import sys
 from pathlib import Path
 
-import pytest
-
 import hf_rpg
-from hf_rpg.examples_support import data, demo
 
 PACKAGE = Path(hf_rpg.__file__).parent
-DEPRECATED_ALIASES = {"hf_rpg.data", "hf_rpg.demo"}
 
 
 def _module_name(path: Path) -> str:
@@ -76,13 +71,13 @@ def test_the_graph_sees_lazy_and_type_checking_imports():
     graph = import_graph()
     assert "hf_rpg.runtime.engine" in graph["hf_rpg.runtime.parametrize"]  # under TYPE_CHECKING
     assert "hf_rpg.api.trainer" in graph["hf_rpg"]  # inside __getattr__
-    assert "hf_rpg.examples_support.demo" in graph["hf_rpg.api.cli"]  # inside a function
+    assert "hf_rpg.api.checkpoint" in graph["hf_rpg.api.cli"]  # inside a function
 
 
 def test_no_import_cycles():
     graph = import_graph()
     # The package's __init__ re-exports the API; a module importing ``hf_rpg`` itself would be a cycle.
-    assert not [m for m, deps in graph.items() if "hf_rpg" in deps and m not in DEPRECATED_ALIASES]
+    assert not [m for m, deps in graph.items() if "hf_rpg" in deps]
     assert _cycles({m: deps - {"hf_rpg"} for m, deps in graph.items()}) == []
 
 
@@ -99,12 +94,10 @@ def _layer(module: str) -> int | None:
 
 def test_every_library_module_sits_in_a_layer():
     outside = {m for m in import_graph() if _layer(m) is None} - FOUNDATION - {"hf_rpg"}
-    studies = {m for m in outside if m.startswith("hf_rpg.examples_support") or m in DEPRECATED_ALIASES}
-    assert outside - studies == {"hf_rpg.sweep"}
+    assert outside == set()
 
 
 def test_imports_run_one_way_between_the_layers():
-    # (the study code outside the layers is kept apart by the test below)
     graph = import_graph()
     for module in FOUNDATION:
         assert graph[module] == set(), module
@@ -113,7 +106,7 @@ def test_imports_run_one_way_between_the_layers():
         for module, deps in graph.items()
         if (level := _layer(module)) is not None
         for dep in deps
-        if dep not in FOUNDATION and (_layer(dep) or 0) > level
+        if dep not in FOUNDATION and _layer(dep) > level
     }
     assert upward == set()
 
@@ -124,17 +117,19 @@ def test_the_layering_test_would_see_an_upward_import():
     assert _layer("hf_rpg.format.manifest") < _layer("hf_rpg.api.config")
 
 
-def test_the_core_never_imports_the_example_plumbing():
-    graph = import_graph()
-    core = [m for m in graph if not m.startswith("hf_rpg.examples_support") and m not in DEPRECATED_ALIASES]
-    allowed = {"hf_rpg.api.cli", "hf_rpg.sweep"}  # ``hf-rpg demo`` and ``hf-rpg sweep`` run the examples
-    offenders = {m: sorted(d for d in graph[m] if d.startswith("hf_rpg.examples_support")) for m in core}
-    assert {m: d for m, d in offenders.items() if d and m not in allowed} == {}
-    assert "hf_rpg.examples_support.demo" not in graph["hf_rpg.examples_support.data"]
+def test_the_library_never_imports_the_study_code():
+    """``hf_rpg_studies`` builds on the library, never the other way round: only the
+    ``hf-rpg demo`` and ``hf-rpg sweep`` commands load it, by name, when they run."""
+    mentions = {
+        _module_name(path): [n for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if _imports_studies(n)]
+        for path in PACKAGE.rglob("*.py")
+    }
+    assert {m: n for m, n in mentions.items() if n} == {}
+    cli = (PACKAGE / "api" / "cli.py").read_text(encoding="utf-8")
+    assert 'importlib.import_module(f"hf_rpg_studies.{name}")' in cli
 
 
-def test_old_example_module_names_warn_and_give_the_moved_modules(monkeypatch):
-    for old, moved in (("hf_rpg.data", data), ("hf_rpg.demo", demo)):
-        monkeypatch.delitem(sys.modules, old, raising=False)
-        with pytest.warns(FutureWarning, match=f"{old} moved to {moved.__name__}"):
-            assert importlib.import_module(old) is moved
+def _imports_studies(node: ast.AST) -> bool:
+    if isinstance(node, ast.Import):
+        return any(alias.name.split(".")[0] == "hf_rpg_studies" for alias in node.names)
+    return isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "hf_rpg_studies"

@@ -20,7 +20,7 @@ from conftest import make_resnet
 from hf_rpg import RPGConfig, RPGConfigError, apply_rpg
 from hf_rpg.api.cli import main
 from hf_rpg.spec.generator import build_signed_index, derive_key
-from hf_rpg.sweep import SweepConfig, log_linear_fit, run_sweep, sweep_points
+from hf_rpg_studies.sweep import SweepConfig, log_linear_fit, run_sweep, sweep_points
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "digits", "--max-train-samples", "200", "--max-eval-samples", "100", "--epochs", "1"]
@@ -123,7 +123,7 @@ def test_a_bad_argument_in_a_fresh_process_is_one_line_on_stderr(tmp_path):
 
 def small_resnet(num_labels: int, image_size: int, widths: tuple[int, ...] | None = None) -> torch.nn.Module:
     """A factory as a user would write one (found by the sweep as ``test_sweep:small_resnet``)."""
-    from hf_rpg.demo import build_digits_model
+    from hf_rpg_studies.demo import build_digits_model
 
     return build_digits_model("resnet", image_size, num_labels, widths or (8, 8, 16))
 
@@ -152,7 +152,7 @@ def _weights(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("variant", ["no_permutation", "no_sign", "plain_tiling"])
 def test_ablation_override_generates_what_it_specifies(variant):
-    from hf_rpg.sweep import _signed_override
+    from hf_rpg_studies.sweep import _signed_override
 
     torch.manual_seed(0)
     model = apply_rpg(make_resnet(), RPGConfig(dof=0.1, seed=4))

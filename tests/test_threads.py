@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from hf_rpg.examples_support import threads
+from hf_rpg_studies import threads
 
 
 @pytest.fixture

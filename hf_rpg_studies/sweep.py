@@ -23,7 +23,7 @@ cache of a model through ``WeightEngine.set_index_override``):
 - ``local_rings``: ``rpg-v1`` with one ring per stage (ResNet: stem, stage 1, stage 2; ViT:
   patch embedding, layer 0, layer 1) sharing the same total DoF, against the global ring.
 
-Models: ``"resnet"`` and ``"vit"`` are the example networks of ``hf_rpg.demo`` (those of
+Models: ``"resnet"`` and ``"vit"`` are the example networks of ``hf_rpg_studies.demo`` (those of
 ``examples/train_image_classification.py``), trained from scratch in replace mode on
 ``digits`` or ``fashion_mnist``; ``"minilm"`` is the pretrained all-MiniLM-L6-v2 fine-tuned on
 ``rt_polarity`` in delta mode (as ``examples/finetune_text_classification.py``; the dense
@@ -53,11 +53,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .api.config import RPGConfig
-from .api.model import RPGModel, apply_rpg
-from .errors import RPGConfigError
-from .examples_support.demo import RESNET_WIDTHS, VIT_WIDTHS, build_digits_model
-from .spec.generator import build_signed_index, derive_key
+from hf_rpg import RPGConfig, RPGModel, apply_rpg
+from hf_rpg.describe import is_int as _is_int
+from hf_rpg.errors import RPGConfigError
+from hf_rpg.spec.generator import build_signed_index, derive_key
+
+from .demo import RESNET_WIDTHS, VIT_WIDTHS, build_digits_model
 
 DATASETS = {"digits": 16, "fashion_mnist": 28, "rt_polarity": None}  # name -> image size (None: text)
 BUILT_IN_MODELS = ("resnet", "vit", "minilm")
@@ -197,10 +198,6 @@ class SweepConfig:
         return data
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class Point:
     """One run of a sweep: ``kind`` is ``"rpg"``, ``"dense"`` or ``"narrow"`` (equal-DoF dense)."""
@@ -255,7 +252,7 @@ def _minilm(num_labels: int, image_size: None = None) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging
 
-    from .examples_support.data import minilm_path
+    from .data import minilm_path
 
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # not the load report of the new classification head, once per run
@@ -375,7 +372,7 @@ class SweepData:
 def load_sweep_data(config: SweepConfig) -> SweepData:
     """The dataset of ``config``, cut to ``max_train_samples`` / ``max_eval_samples``."""
     # only when a sweep runs
-    from .examples_support.data import image_tensors, load_image_dataset, load_rt_polarity, minilm_path
+    from .data import image_tensors, load_image_dataset, load_rt_polarity, minilm_path
 
     size = DATASETS[config.dataset]
     data = load_rt_polarity() if size is None else load_image_dataset(config.dataset, config.data_dir)
@@ -729,7 +726,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, parse_dof: Callable[[st
     parser.add_argument("--model", default="resnet", help="resnet, vit, minilm (text), or module:function (yours)")
     parser.add_argument("--mode", choices=("replace", "delta"), default=None, help="default: delta for minilm")
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="digits")
-    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: see hf_rpg.data)")
+    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: see hf_rpg_studies.data)")
     parser.add_argument("--dof", dest="dofs", type=parse_dof, nargs="+", default=[0.01, 0.1, 0.5],
                         help="RPG DoF values: ring sizes (18116), fractions (0.25) or percentages (25%%)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
