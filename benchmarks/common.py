@@ -18,6 +18,10 @@ import transformers
 
 from hf_rpg_studies import data as example_data
 
+# The checkout (benchmarks run from it: python -m benchmarks <name>) and where every result goes.
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
 transformers.logging.set_verbosity_error()
 
 
@@ -56,7 +60,7 @@ def machine_info(threads: int, device: str = "cpu") -> dict:
 
 
 def bench_device() -> torch.device:
-    """Where the timed models run: ``python benchmarks/run.py --device cuda`` sets it for
+    """Where the timed models run: ``python -m benchmarks suite --device cuda`` sets it for
     its own and the worker processes (step, inference and peers sections)."""
     return torch.device(os.environ.get("HF_RPG_BENCH_DEVICE", "cpu"))
 

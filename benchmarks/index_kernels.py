@@ -1,7 +1,7 @@
 """ns per generated element of the three ways to generate rpg-v1 weights, forward and backward.
 
-    python benchmarks/index_kernels.py                      # 1 and 2 threads, writes results.md's section
-    python benchmarks/index_kernels.py --threads 1 --repeats 3 --no-write
+    python -m benchmarks index_kernels                      # 1 and 2 threads, writes results.md's section
+    python -m benchmarks index_kernels --threads 1 --repeats 3 --no-write
 
 - **int32 cache** (today's default): the engine's autograd function with the int32 index
   built once beforehand (not timed); gather / scatter-add in the layout the engine picks.
@@ -26,17 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-import hf_rpg.runtime.ring_autograd  # noqa: E402
-from benchmarks.common import interleaved_medians, machine_info  # noqa: E402
-from benchmarks.sections import ring_indices  # noqa: E402
-from hf_rpg.runtime.buffer_pool import BufferPool  # noqa: E402
-from hf_rpg.runtime.ring_autograd import _GenerateFromRing, _Request  # noqa: E402
-from hf_rpg.spec import index_kernels  # noqa: E402
+import hf_rpg.runtime.ring_autograd
+from benchmarks.common import RESULTS, ROOT, interleaved_medians, machine_info
+from benchmarks.sections import ring_indices
+from hf_rpg.runtime.buffer_pool import BufferPool
+from hf_rpg.runtime.ring_autograd import _GenerateFromRing, _Request
+from hf_rpg.spec import index_kernels
 
 BEGIN, END = "<!-- index-kernels:begin -->", "<!-- index-kernels:end -->"
 
@@ -167,7 +164,7 @@ def render(rows: list[dict], jit: dict, info: dict, args, load: tuple[float, flo
         BEGIN,
         "## Fused index kernels (`benchmarks/index_kernels.py`)",
         "",
-        f"Written by `python benchmarks/index_kernels.py`. Measured {info['date']} on {info['cpu']} "
+        f"Written by `python -m benchmarks index_kernels`. Measured {info['date']} on {info['cpu']} "
         f"({info['logical_cores']} logical cores, shared with other jobs), Python {info['python']}, "
         f"torch {info['versions']['torch']}, numba {_numba_version()}; {args.repeats} alternating repeats "
         f"after one warm-up; cells are min / median ns per generated element. One-minute load average "
@@ -214,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         default=2**22 + 1,
         help="P of an extra one-thread row at N=400k: one past a power of two, the most cycle-walking (0: none)",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.md")
+    parser.add_argument("--out", type=Path, default=RESULTS / "suite.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     info = machine_info(args.threads[0])

@@ -260,7 +260,7 @@ def _peer_verdicts(rows: list[dict]) -> str:
 def render(results: dict) -> str:
     parts = [
         "# hf_rpg benchmarks",
-        "Written by `python benchmarks/run.py`"
+        "Written by `python -m benchmarks suite`"
         + (" --quick" if results.get("quick") else "")
         + ". "
         + _machine(results["machine"]),

@@ -5,11 +5,10 @@ Takes the checkpoints the examples write (``examples/train_image_classification.
 Fashion-MNIST in replace mode, ``examples/finetune_text_classification.py`` on rt-polarity
 in delta mode), re-saves each ring as float32 / float16 / int8, and after pruning 25%,
 50% and 75% of the ring by magnitude (one shot, no retraining) as ``sparse`` and as
-``int8``; reloads every copy in this process and evaluates it on the full test split. Writes a JSON file and prints a
-markdown table (docs/results.md)::
+``int8``; reloads every copy in this process and evaluates it on the full test split. Writes
+``benchmarks/results/ring-storage.json`` (or ``--output``) and prints a markdown table (docs/results.md)::
 
-    python benchmarks/ring_storage_study.py --image runs/q-fmnist/rpg --text runs/q-rt/rpg \\
-        --output docs/results-ring-storage.json
+    python -m benchmarks ring_storage --image runs/q-fmnist/rpg --text runs/q-rt/rpg
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import RESULTS
 from hf_rpg import RPGModel, prune_ring
 from hf_rpg.api.checkpoint import checkpoint_bytes
 from hf_rpg.format.files import WEIGHTS_NAME
@@ -126,13 +126,13 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Run the studies the arguments name and write the JSON file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=None, help="Fashion-MNIST image-example checkpoint (rpg/)")
     parser.add_argument("--text", type=Path, default=None, help="rt-polarity text-example checkpoint (rpg/)")
-    parser.add_argument("--output", type=Path, required=True)
-    args = parser.parse_args()
+    parser.add_argument("--output", type=Path, default=RESULTS / "ring-storage.json")
+    args = parser.parse_args(argv)
     results: dict[str, Any] = {"machine": f"{platform.machine()}, torch {torch.__version__}, "
                                f"{torch.get_num_threads()} thread(s)"}  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
@@ -150,7 +150,8 @@ def main() -> None:
         if name in results:
             head = f"{name} ({results[name]['mode']}, ring DoF {results[name]['ring_dof']:,})"
             print(f"\n{head}:\n{markdown(results[name])}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

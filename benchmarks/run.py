@@ -1,8 +1,8 @@
-"""Run the hf_rpg benchmark suite and write benchmarks/results.md and results.json.
+"""Run the hf_rpg benchmark suite and write benchmarks/results/suite.md and results.json.
 
-    python benchmarks/run.py                 # everything, one thread (about 15 minutes here)
-    python benchmarks/run.py --quick         # fewer repeats and sizes
-    python benchmarks/run.py --only step,generation --threads 2
+    python -m benchmarks suite                 # everything, one thread (about 15 minutes here)
+    python -m benchmarks suite --quick         # fewer repeats and sizes
+    python -m benchmarks suite --only step,generation --threads 2
 
 Every ratio is measured in one process, side by side (interleaved runs), as a median of at
 least five runs after warm-up. These are measurements, not tests: nothing here asserts.
@@ -17,14 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks import sections  # noqa: E402
-from benchmarks.common import machine_info  # noqa: E402
-from benchmarks.report import render  # noqa: E402
+from benchmarks import sections
+from benchmarks.common import RESULTS, machine_info
+from benchmarks.report import render
 
 SECTIONS = {
     "step": sections.step_time,
@@ -48,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         "the other sections measure CPU code",
     )
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(SECTIONS)}")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.md")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "suite.md")
+    parser.add_argument("--json", type=Path, default=RESULTS / "suite.json")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)

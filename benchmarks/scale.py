@@ -1,11 +1,11 @@
 """Memory that follows DoF, not model size: measured, not asserted.
 
-    python benchmarks/scale.py gpt2-medium          # delta fine-tune vs PEFT LoRA r=8 (needs .[bench])
-    python benchmarks/scale.py llama                # replace mode, a >= 4.5B Llama built on meta, 3 steps
-    python benchmarks/scale.py all
+    python -m benchmarks scale gpt2-medium          # delta fine-tune vs PEFT LoRA r=8 (needs .[bench])
+    python -m benchmarks scale llama                # replace mode, a >= 4.5B Llama built on meta, 3 steps
+    python -m benchmarks scale all
 
 Each case runs in a fresh process (peak RSS is ``ru_maxrss`` of that process) on one torch
-thread; results go to ``benchmarks/results-scale.json`` and ``benchmarks/results-scale.md``.
+thread; results go to ``benchmarks/results/scale.json`` and ``benchmarks/results/scale.md``.
 """
 
 from __future__ import annotations
@@ -17,17 +17,15 @@ import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-JSON_OUT = ROOT / "benchmarks" / "results-scale.json"
-MD_OUT = ROOT / "benchmarks" / "results-scale.md"
+from benchmarks.common import RESULTS, ROOT
 
+JSON_OUT = RESULTS / "scale.json"
+MD_OUT = RESULTS / "scale.md"
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
 CASE = r"""
 import json, os, resource, sys, time
-sys.path.insert(0, {root!r})
 import torch, transformers
 transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)
@@ -97,10 +95,10 @@ print(json.dumps(info))
 
 
 def _run(kind: str, case: str) -> dict:
-    code = CASE.format(root=str(ROOT), kind=kind, case=case, targets=GPT2_TARGETS)
+    code = CASE.format(kind=kind, case=case, targets=GPT2_TARGETS)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"{kind}/{case} failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import (
+    ROOT,
     bench_device,
     bert_mini_workload,
     fresh_pair,
@@ -87,13 +88,14 @@ def run_worker(section: str, case: str, repeats: int) -> dict | list:
     """Run one measurement in a fresh Python process and return its JSON result."""
     command = [
         sys.executable,
-        str(Path(__file__).with_name("worker.py")),
+        "-m",
+        "benchmarks.worker",
         section,
         case,
         str(repeats),
         str(torch.get_num_threads()),  # run.py --threads
     ]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
         raise RuntimeError(f"benchmark worker {section}/{case} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -112,7 +114,6 @@ def summarise(runs: list[dict]) -> dict:
 
 MEMORY_PROBE = """
 import json, sys, torch
-sys.path.insert(0, {root!r})
 from benchmarks.common import {workload}, train_step_fn
 from hf_rpg import RPGConfig, apply_rpg
 torch.set_num_threads(1)
@@ -139,9 +140,8 @@ print(json.dumps({{"before_kib": before, "peak_kib": high_water_kib()}}))
 
 
 def _peak_rss(workload: str, rpg: bool) -> dict:
-    root = str(Path(__file__).resolve().parents[1])
-    code = MEMORY_PROBE.format(root=root, workload=workload, rpg=rpg)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = MEMORY_PROBE.format(workload=workload, rpg=rpg)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -276,7 +276,6 @@ def embeddings(quick: bool) -> dict:
 
 LOAD_PROBE = """
 import sys, time, json, torch
-sys.path.insert(0, {root!r})
 import transformers
 transformers.logging.set_verbosity_error()
 from hf_rpg import RPGModel
@@ -304,7 +303,6 @@ def load(quick: bool) -> dict:
     config = transformers.BertConfig()  # bert-base-uncased sizes: 12 x 768, 110M parameters
     model = transformers.BertForMaskedLM(config)
     params = sum(p.numel() for p in model.parameters())
-    root = str(Path(__file__).resolve().parents[1])
     with tempfile.TemporaryDirectory() as scratch:
         model.save_pretrained(Path(scratch) / "dense")
         rpg = apply_rpg(model, RPGConfig(dof=0.1))
@@ -314,10 +312,12 @@ def load(quick: bool) -> dict:
         sizes = {name: checkpoint_bytes(Path(scratch) / name) for name in ("dense", "rpg")}
         seconds, first = {}, {}
         for name in ("dense", "rpg"):
-            code = LOAD_PROBE.format(root=root, rpg=name == "rpg", path=str(Path(scratch) / name))
+            code = LOAD_PROBE.format(rpg=name == "rpg", path=str(Path(scratch) / name))
             runs = []
             for _ in range(2 if quick else 3):
-                out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+                out = subprocess.run(
+                    [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+                ).stdout
                 runs.append(json.loads(out.strip().splitlines()[-1]))
             runs.sort(key=lambda r: r["seconds"])
             seconds[name] = runs[len(runs) // 2]["seconds"]

@@ -1,6 +1,6 @@
 """Markdown tables of ``hf-rpg sweep`` results (for docs/results.md).
 
-    python benchmarks/sweep_tables.py runs/resnet-law/results.json [more results.json ...]
+    python -m benchmarks sweep_tables runs/resnet-law/results.json [more results.json ...]
 
 Prints, per sweep: the DoF law (RPG mean ± std per DoF, the dense reference, the fit), the
 equal-DoF comparison when the sweep has narrow dense runs, the ablations when it has them,
@@ -64,11 +64,12 @@ def tables(document: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Print the tables of every ``results.json`` given."""
-    for path in sys.argv[1:]:
+    for path in sys.argv[1:] if argv is None else argv:
         print(tables(json.loads(Path(path).read_text(encoding="utf-8"))) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

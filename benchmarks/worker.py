@@ -1,16 +1,13 @@
 """Run one benchmark measurement in this fresh process and print it as JSON.
 
-python benchmarks/worker.py step resnet18 7
-python benchmarks/worker.py peers all 7
+python -m benchmarks.worker step resnet18 7
+python -m benchmarks.worker peers all 7
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

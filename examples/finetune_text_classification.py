@@ -54,7 +54,7 @@ from hf_rpg_studies.threads import use_threads
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
 # delta: the library's defaults (query and value, full rank) with a ring of 8,000, and the
-# learning rate benchmarks/quality.md picked on validation at every budget for this task
+# learning rate benchmarks/results/quality.md picked on validation at every budget for this task
 DEFAULT_DOF = {"delta": 8000, "replace": 0.5}
 # Measured on rt-polarity (docs/examples.md): the zero-started delta ring and the new head
 # want a larger step than a dense fine-tune; replace mode keeps the dense recipe's.

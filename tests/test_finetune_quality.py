@@ -1,29 +1,26 @@
-"""benchmarks/finetune_quality.py in its tiny --smoke mode: every step of the protocol runs,
+"""benchmarks/quality/ in its tiny --smoke mode: every step of the protocol runs,
 the results file is resumable and the report is rebuilt from it alone."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
-from pathlib import Path
+import types
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "finetune_quality.py"
 
 
 @pytest.fixture(scope="module")
 def fq():
-    """The script as a module (in this process: the imports are the slow part of a run)."""
+    """The benchmark's modules, in this process (the imports are the slow part of a run)."""
     pytest.importorskip("peft", reason="PEFT is a benchmark dependency: pip install -e '.[bench]'")
-    spec = importlib.util.spec_from_file_location("finetune_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["finetune_quality"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("finetune_quality", None)
+    parts = {name: importlib.import_module(f"benchmarks.quality.{name}") for name in ("results", "loop", "__main__")}
+    return types.SimpleNamespace(
+        pick_lr=parts["results"].pick_lr,
+        edge_extension=parts["results"].edge_extension,
+        schedule=parts["loop"].schedule,
+        main=parts["__main__"].main,
+    )
 
 
 def test_lr_pick_and_grid_edges(fq):

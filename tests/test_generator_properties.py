@@ -259,7 +259,7 @@ def test_another_process_regenerates_the_same_bytes():
     )
     env = os.environ | {"PYTHONHASHSEED": "12345", "OMP_NUM_THREADS": "2"}  # neither may matter
     child = subprocess.run(
-        [sys.executable, "-c", CHILD.format(path=str(REPO_ROOT / "hf_rpg" / "generator.py"), cases=CASES)],
+        [sys.executable, "-c", CHILD.format(path=str(REPO_ROOT / "hf_rpg" / "spec" / "generator.py"), cases=CASES)],
         env=env,
         capture_output=True,
         timeout=120,

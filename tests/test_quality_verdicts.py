@@ -1,14 +1,8 @@
-"""The goal verdicts of benchmarks/quality.md: met, tie within the smaller std, or missed."""
+"""The goal verdicts of benchmarks/results/quality.md: met, tie within the smaller std, or missed."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("quality_verdicts", ROOT / "benchmarks" / "quality_verdicts.py")
-quality_verdicts = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(quality_verdicts)
+from benchmarks.quality import verdicts as quality_verdicts
 
 
 def _row(method: str, budget, mean: float, std: float, task: str = "text") -> dict:

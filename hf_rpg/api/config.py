@@ -134,7 +134,7 @@ class RPGConfig:
             training, a step as cheap as LoRA's. ``"auto"`` is ``AUTO_RANK`` (8), raised
             for a large ring until the factors hold ``AUTO_RANK_ELEMENTS_PER_DOF`` (4)
             generated elements per ring entry, and capped at each layer's
-            ``min(in, out)``. ``benchmarks/quality.md`` measures both: full rank is the
+            ``min(in, out)``. ``benchmarks/results/quality.md`` measures both: full rank is the
             more accurate at the same ring size, low rank the cheaper. Targets that are
             not linear layers (embeddings, convolutions, raw parameters) always get a
             full-rank update; replace mode (whole weights) ignores ``"auto"`` and refuses

@@ -45,7 +45,7 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
 
 
 # Delta mode's default targets per architecture (``config.model_type``), as PEFT's LoRA
-# defaults: the attention's query and value projections. Measured in benchmarks/quality.md:
+# defaults: the attention's query and value projections. Measured in benchmarks/results/quality.md:
 # at the same ring size these beat every linear layer plus the embeddings. Architectures
 # not listed (convolutional networks, unknown models) target every layer hf_rpg generates.
 DELTA_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {

@@ -1,4 +1,4 @@
-"""Issue 13's goals, checked on the rows of ``benchmarks/quality.md`` (``finetune_quality``).
+"""Issue 13's goals, checked on the rows of ``benchmarks/results/quality.md`` (``benchmarks.quality``).
 
 - At each budget and on both tasks, hf_rpg with its delta-mode defaults is at or above the
   best peer (LoRA, VeRA, UniLoRA, FourierFT, VB-LoRA): a tie counts when the gap is within
