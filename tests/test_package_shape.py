@@ -8,6 +8,7 @@ a lazy import is still a dependency.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import hf_rpg
@@ -133,3 +134,15 @@ def _imports_studies(node: ast.AST) -> bool:
     if isinstance(node, ast.Import):
         return any(alias.name.split(".")[0] == "hf_rpg_studies" for alias in node.names)
     return isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "hf_rpg_studies"
+
+
+def test_the_design_notes_map_every_module():
+    """docs/design-notes.md's package map lists each module of the package, and no other."""
+    notes = (PACKAGE.parent / "docs" / "design-notes.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| [a-z]* *\| `([\w/]+\.py)` \|", notes, re.M))
+    modules = {
+        "__init__.py" if m == "hf_rpg" else m.removeprefix("hf_rpg.").replace(".", "/") + ".py"
+        for m in import_graph()
+        if m.count(".") != 1 or m.split(".")[1] not in LAYERS  # the subpackages' own __init__
+    }
+    assert listed == modules
