@@ -27,22 +27,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
-import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
-import evaluate
 import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from hf_rpg import RPGConfig, apply_rpg
@@ -50,6 +44,7 @@ from hf_rpg.api.checkpoint import checkpoint_bytes
 from hf_rpg.api.cli import DOF_HELP, parse_dof
 from hf_rpg.format.report import size_ratio
 from hf_rpg_studies.data import find_rt_polarity, load_rt_polarity, minilm_path
+from hf_rpg_studies.loop import evaluate_model, train, use_cpu
 from hf_rpg_studies.threads import use_threads
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
@@ -132,65 +127,6 @@ def make_loaders(args: argparse.Namespace, tokenizer: Any) -> tuple[DataLoader, 
     return train, test
 
 
-def train(
-    accelerator: Accelerator, model: nn.Module, loader: DataLoader, args: argparse.Namespace, lr: float, desc: str
-) -> tuple[nn.Module, float]:
-    """AdamW with linear warmup and decay; returns the prepared model and the seconds it took."""
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=args.weight_decay
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    total = args.max_steps or args.epochs * steps_per_epoch
-    # The prepared scheduler steps once per process per optimizer step.
-    schedule = transformers.get_linear_schedule_with_warmup(
-        optimizer,
-        num_warmup_steps=round(args.warmup_ratio * total) * accelerator.num_processes,
-        num_training_steps=total * accelerator.num_processes,
-    )
-    schedule = accelerator.prepare(schedule)
-    # disable=None: tqdm draws only on a terminal, so a redirected log gets no bar
-    progress = tqdm(total=total, desc=desc, disable=None if accelerator.is_local_main_process else True)
-    start, step = time.perf_counter(), 0
-    model.train()
-    while step < total:
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                step += 1
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.3f}")
-                if step >= total:
-                    break
-    progress.close()
-    return model, time.perf_counter() - start
-
-
-@torch.no_grad()
-def evaluate_model(accelerator: Accelerator, model: nn.Module, loader: DataLoader, metric_path: str) -> float:
-    """Accuracy on ``loader``, gathered over all processes (padding duplicates dropped)."""
-    metric = evaluate.load(metric_path, keep_in_memory=True)  # in memory: processes share no cache file
-    model.eval()
-    for batch in loader:
-        labels = batch.pop("labels")
-        predictions = model(**batch).logits.argmax(-1)
-        predictions, references = accelerator.gather_for_metrics((predictions, labels))
-        metric.add_batch(predictions=predictions.cpu(), references=references.cpu())
-    return float(metric.compute()["accuracy"])
-
-
-def use_cpu(requested: bool) -> bool:
-    """``Accelerator(cpu=...)``: Accelerate starts a multi-process CPU (gloo) run only with
-    cpu=True; without it ``torchrun`` on a machine with no GPU gives independent processes."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return requested or (distributed and not torch.accelerator.is_available())
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the example; returns the results it also writes to ``results.json``."""
     args = build_parser().parse_args(argv)
@@ -230,7 +166,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     runs = [("rpg", rpg, args.lr or DEFAULT_LR[config.mode])]
     runs += [("dense", dense, args.dense_lr)] if args.compare_dense else []
     for name, model, lr in runs:
-        model, seconds = train(accelerator, model, train_loader, args, lr, desc=f"train {name} (lr {lr:g})")
+        model, seconds = train(
+            accelerator,
+            model,
+            train_loader,
+            lr=lr,
+            weight_decay=args.weight_decay,
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            schedule=lambda optimizer, steps: transformers.get_linear_schedule_with_warmup(
+                optimizer,
+                num_warmup_steps=round(args.warmup_ratio * steps) * accelerator.num_processes,
+                num_training_steps=steps * accelerator.num_processes,
+            ),
+            desc=f"train {name} (lr {lr:g})",
+        )
         accuracy = evaluate_model(accelerator, model, test_loader, args.metric)
         accelerator.wait_for_everyone()
         unwrapped = accelerator.unwrap_model(model)

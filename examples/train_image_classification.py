@@ -24,21 +24,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
-import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import evaluate
 import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
 
 from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.api.checkpoint import checkpoint_bytes
@@ -46,6 +41,7 @@ from hf_rpg.api.cli import DOF_HELP, parse_dof
 from hf_rpg.format.report import size_ratio
 from hf_rpg_studies.data import find_fashion_mnist, image_tensors, load_image_dataset
 from hf_rpg_studies.demo import build_digits_model
+from hf_rpg_studies.loop import evaluate_model, train, use_cpu
 from hf_rpg_studies.threads import use_threads
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
@@ -122,60 +118,6 @@ def make_loaders(args: argparse.Namespace) -> tuple[DataLoader, DataLoader, list
     return train, test, data["train"].features["label"].names
 
 
-def train(
-    accelerator: Accelerator, model: nn.Module, loader: DataLoader, args: argparse.Namespace, desc: str
-) -> tuple[nn.Module, float]:
-    """AdamW with a one-cycle schedule; returns the prepared model and the seconds it took."""
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    total = args.max_steps or args.epochs * steps_per_epoch
-    # The prepared scheduler steps once per process per optimizer step.
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=total * accelerator.num_processes)
-    schedule = accelerator.prepare(schedule)
-    # disable=None: tqdm draws only on a terminal, so a redirected log gets no bar
-    progress = tqdm(total=total, desc=desc, disable=None if accelerator.is_local_main_process else True)
-    start, step = time.perf_counter(), 0
-    model.train()
-    while step < total:
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                step += 1
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.3f}")
-                if step >= total:
-                    break
-    progress.close()
-    return model, time.perf_counter() - start
-
-
-@torch.no_grad()
-def evaluate_model(accelerator: Accelerator, model: nn.Module, loader: DataLoader, metric_path: str) -> float:
-    """Accuracy on ``loader``, gathered over all processes (padding duplicates dropped)."""
-    metric = evaluate.load(metric_path, keep_in_memory=True)  # in memory: processes share no cache file
-    model.eval()
-    for batch in loader:
-        predictions = model(pixel_values=batch["pixel_values"]).logits.argmax(-1)
-        predictions, references = accelerator.gather_for_metrics((predictions, batch["labels"]))
-        metric.add_batch(predictions=predictions.cpu(), references=references.cpu())
-    return float(metric.compute()["accuracy"])
-
-
-def use_cpu(requested: bool) -> bool:
-    """``Accelerator(cpu=...)``: Accelerate starts a multi-process CPU (gloo) run only with
-    cpu=True; without it ``torchrun`` on a machine with no GPU gives independent processes."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return requested or (distributed and not torch.accelerator.is_available())
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the example; returns the results it also writes to ``results.json``."""
     args = build_parser().parse_args(argv)
@@ -219,7 +161,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["dense_parameters"] = params
         runs.append(("dense", dense))
     for name, model in runs:
-        model, seconds = train(accelerator, model, train_loader, args, desc=f"train {name}")
+        model, seconds = train(
+            accelerator,
+            model,
+            train_loader,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            schedule=lambda optimizer, steps: torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, args.lr, total_steps=steps * accelerator.num_processes
+            ),
+            desc=f"train {name}",
+        )
         accuracy = evaluate_model(accelerator, model, test_loader, args.metric)
         accelerator.wait_for_everyone()
         unwrapped = accelerator.unwrap_model(model)
