@@ -1,4 +1,6 @@
-"""The architecture matrix: tiny configs of the models people fine-tune, built offline.
+"""The one collection of tiny models of the tests and fixtures, built offline from small configs.
+
+The architecture matrix (``ARCHITECTURES``): tiny configs of the models people fine-tune.
 
 Each entry builds a real transformers model from a small config (random weights, seeded by
 the caller) and a batch for it. The decoder LMs carry the quirks that break adapters:
@@ -317,3 +319,144 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
 def logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The model's logits on ``batch`` (labels passed too, so seq2seq models get decoder inputs)."""
     return model(**batch).logits
+
+
+# ---------------------------------------------------------------------------- the tests' workhorses
+# Small BERT / GPT-2 / ViT / ResNet models most tests use (``MODELS``, also through conftest).
+
+
+@dataclass
+class TinyModel:
+    """A tiny model factory with a batch builder and its Auto class for dense reloads."""
+
+    name: str
+    build: Callable[[], torch.nn.Module]
+    batch: Callable[[int], dict[str, torch.Tensor]]
+    auto_class: type
+
+
+def _token_ids(vocab: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _bert_config(**overrides):
+    return transformers.BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **overrides,
+    )
+
+
+def make_vit() -> torch.nn.Module:
+    config = transformers.ViTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=5,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return transformers.ViTForImageClassification(config)
+
+
+def make_resnet() -> torch.nn.Module:
+    config = transformers.ResNetConfig(
+        num_channels=3,
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        layer_type="basic",
+        num_labels=5,
+    )
+    return transformers.ResNetForImageClassification(config)
+
+
+def make_bert_cls() -> torch.nn.Module:
+    return transformers.BertForSequenceClassification(_bert_config(num_labels=3))
+
+
+def make_bert_mlm() -> torch.nn.Module:
+    return transformers.BertForMaskedLM(_bert_config())
+
+
+def make_gpt2() -> torch.nn.Module:
+    config = transformers.GPT2Config(
+        vocab_size=99,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _image_batch(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.randn(4, 3, 16, 16, generator=g), "labels": torch.randint(0, 5, (4,), generator=g)}
+
+
+def _text_cls_batch(seed: int) -> dict[str, torch.Tensor]:
+    return {"input_ids": _token_ids(99, (4, 12), seed), "labels": _token_ids(3, (4,), seed + 1)}
+
+
+def _lm_batch(seed: int) -> dict[str, torch.Tensor]:
+    ids = _token_ids(99, (4, 12), seed)
+    return {"input_ids": ids, "labels": ids}
+
+
+MODELS = {
+    "vit": TinyModel("vit", make_vit, _image_batch, transformers.AutoModelForImageClassification),
+    "resnet": TinyModel("resnet", make_resnet, _image_batch, transformers.AutoModelForImageClassification),
+    "bert_cls": TinyModel("bert_cls", make_bert_cls, _text_cls_batch, transformers.AutoModelForSequenceClassification),
+    "bert_mlm": TinyModel("bert_mlm", make_bert_mlm, _lm_batch, transformers.AutoModelForMaskedLM),
+    "gpt2": TinyModel("gpt2", make_gpt2, _lm_batch, transformers.AutoModelForCausalLM),
+}
+
+
+# ---------------------------------------------------------------------------- compatibility fixtures
+# The models the committed checkpoints of tests/fixtures/compat_v1 were made from
+# (tests/fixtures/make_compat_fixture.py); their configs must never change.
+
+
+def compat_bert_mlm() -> torch.nn.Module:
+    """BERT with tied word embeddings and decoder, two rings (local RPG)."""
+    config = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return transformers.BertForMaskedLM(config)
+
+
+def compat_resnet() -> torch.nn.Module:
+    """A ResNet with BatchNorm buffers that training updates."""
+    config = transformers.ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=4
+    )
+    return transformers.ResNetForImageClassification(config)
+
+
+def compat_bert_cls() -> torch.nn.Module:
+    config = compat_bert_mlm().config
+    config.num_labels = 3
+    return transformers.BertForSequenceClassification(config)

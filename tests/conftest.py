@@ -12,13 +12,27 @@ os.environ.setdefault("HF_RPG_TESTS_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import pytest
 import torch
 import transformers
+
+# The one collection of tiny models is tests/architectures.py; tests also import these names from here.
+from architectures import (  # noqa: F401
+    MODELS,
+    TinyModel,
+    _bert_config,
+    _image_batch,
+    _lm_batch,
+    _text_cls_batch,
+    make_bert_cls,
+    make_bert_mlm,
+    make_gpt2,
+    make_resnet,
+    make_vit,
+)
 
 torch.set_num_threads(1)
 transformers.logging.set_verbosity_error()
@@ -30,109 +44,6 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("repeatable", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
-
-
-@dataclass
-class TinyModel:
-    """A tiny model factory with a batch builder and its Auto class for dense reloads."""
-
-    name: str
-    build: Callable[[], torch.nn.Module]
-    batch: Callable[[int], dict[str, torch.Tensor]]
-    auto_class: type
-
-
-def _ids(vocab: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _bert_config(**overrides):
-    return transformers.BertConfig(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        **overrides,
-    )
-
-
-def make_vit() -> torch.nn.Module:
-    config = transformers.ViTConfig(
-        image_size=16,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=5,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return transformers.ViTForImageClassification(config)
-
-
-def make_resnet() -> torch.nn.Module:
-    config = transformers.ResNetConfig(
-        num_channels=3,
-        embedding_size=8,
-        hidden_sizes=[8, 16],
-        depths=[1, 1],
-        layer_type="basic",
-        num_labels=5,
-    )
-    return transformers.ResNetForImageClassification(config)
-
-
-def make_bert_cls() -> torch.nn.Module:
-    return transformers.BertForSequenceClassification(_bert_config(num_labels=3))
-
-
-def make_bert_mlm() -> torch.nn.Module:
-    return transformers.BertForMaskedLM(_bert_config())
-
-
-def make_gpt2() -> torch.nn.Module:
-    config = transformers.GPT2Config(
-        vocab_size=99,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=64,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return transformers.GPT2LMHeadModel(config)
-
-
-def _image_batch(seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"pixel_values": torch.randn(4, 3, 16, 16, generator=g), "labels": torch.randint(0, 5, (4,), generator=g)}
-
-
-def _text_cls_batch(seed: int) -> dict[str, torch.Tensor]:
-    return {"input_ids": _ids(99, (4, 12), seed), "labels": _ids(3, (4,), seed + 1)}
-
-
-def _lm_batch(seed: int) -> dict[str, torch.Tensor]:
-    ids = _ids(99, (4, 12), seed)
-    return {"input_ids": ids, "labels": ids}
-
-
-MODELS = {
-    "vit": TinyModel("vit", make_vit, _image_batch, transformers.AutoModelForImageClassification),
-    "resnet": TinyModel("resnet", make_resnet, _image_batch, transformers.AutoModelForImageClassification),
-    "bert_cls": TinyModel("bert_cls", make_bert_cls, _text_cls_batch, transformers.AutoModelForSequenceClassification),
-    "bert_mlm": TinyModel("bert_mlm", make_bert_mlm, _lm_batch, transformers.AutoModelForMaskedLM),
-    "gpt2": TinyModel("gpt2", make_gpt2, _lm_batch, transformers.AutoModelForCausalLM),
-}
 
 
 @pytest.fixture(autouse=True)
