@@ -72,7 +72,7 @@ def test_the_graph_sees_lazy_and_type_checking_imports():
     graph = import_graph()
     assert "hf_rpg.runtime.engine" in graph["hf_rpg.runtime.parametrize"]  # under TYPE_CHECKING
     assert "hf_rpg.api.trainer" in graph["hf_rpg"]  # inside __getattr__
-    assert "hf_rpg.api.checkpoint" in graph["hf_rpg.api.cli"]  # inside a function
+    assert "hf_rpg.format.metadata" in graph["hf_rpg.api.cli"]  # inside a function
 
 
 def test_no_import_cycles():

@@ -41,7 +41,7 @@ from ..format.atomic import BACKUP_DIR, leftover_staging_dirs, write_directory_a
 from ..format.card import is_generated_card, model_card_text
 from ..format.files import CARD_NAME, CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME
 from ..format.manifest import Layout
-from ..format.metadata import BINDING_KEY, FORMAT_VERSION, binding_digest, check_metadata
+from ..format.metadata import BINDING_KEY, FORMAT_VERSION, binding_digest
 from ..format.report import DoFReport
 from ..format.ring_storage import check_storage, decode_ring, encode_ring
 from ..runtime.parametrize import original_class
@@ -305,15 +305,6 @@ def save_checkpoint(
 # ---------------------------------------------------------------------------- loading
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
-    """Parse and check ``rpg_config.json`` (see ``hf_rpg.format.metadata.check_metadata``)."""
-    try:
-        meta = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or UTF-8
-        raise RPGCheckpointError(f"{path} is not a readable JSON file: {err}") from None
-    return check_metadata(meta, str(path), weights_name=WEIGHTS_NAME)
-
-
 def _interrupted_save_hint(directory: Path) -> str:
     """Where an interrupted save left files, for errors about a mismatched pair of files."""
     leftovers = leftover_staging_dirs(directory)
@@ -451,7 +442,6 @@ __all__ = [
     "check_weights_file",
     "checkpoint_bytes",
     "load_tensors",
-    "read_metadata",
     "save_checkpoint",
     "stored_entries",
 ]

@@ -90,7 +90,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from ..format.files import CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
-    from .checkpoint import read_metadata
+    from ..format.metadata import read_metadata
 
     files = resolve_checkpoint_files(args.checkpoint, revision=args.revision)
     meta = read_metadata(files[CONFIG_NAME])

@@ -15,7 +15,7 @@ from huggingface_hub import HfApi
 
 from ..format.card import is_generated_card, model_card_text
 from ..format.files import CARD_NAME, CHECKPOINT_FILES, CONFIG_NAME, resolve_checkpoint_files
-from .checkpoint import read_metadata
+from ..format.metadata import read_metadata
 
 
 class SavesPretrained(Protocol):

@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import RPGConfigError, RPGStateError
 from ..format.files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
 from ..format.manifest import Layout
-from ..format.metadata import binding_digest
+from ..format.metadata import binding_digest, read_metadata
 from ..format.report import DoFReport
 from ..runtime.engine import RuntimeStats, WeightEngine
 from ..runtime.merge import dense_linear, merged_parameters
@@ -22,7 +22,7 @@ from ..runtime.parametrize import GeneratedSource, attach, detach, is_generated,
 from ..runtime.plan import Plan
 from ..runtime.quantized import is_distributed_tensor
 from .base_model import build_base_model
-from .checkpoint import RING_PREFIX, check_weights_file, load_tensors, read_metadata, save_checkpoint, stored_entries
+from .checkpoint import RING_PREFIX, check_weights_file, load_tensors, save_checkpoint, stored_entries
 from .config import RPGConfig
 from .hub import push_to_hub
 from .initialization import has_meta_tensors, initial_ring, materialize_meta

@@ -17,9 +17,10 @@ import torch
 from transformers import Trainer
 
 from ..errors import RPGManifestMismatchError
+from ..format.files import CONFIG_NAME, WEIGHTS_NAME
 from ..format.manifest import Layout
-from ..format.metadata import binding_digest
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_weights_file, load_tensors, read_metadata
+from ..format.metadata import binding_digest, read_metadata
+from .checkpoint import check_weights_file, load_tensors
 from .config import RPGConfig
 from .model import RPGModel
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 from ..describe import describe
@@ -26,6 +27,7 @@ from ..describe import is_int as _is_int
 from ..errors import RPGCheckpointError, RPGGeneratorVersionError
 from ..spec.generator import SUPPORTED_GENERATORS
 from ..version import __version__
+from .files import WEIGHTS_NAME
 from .ring_storage import check_description
 
 FORMAT_VERSION = 1
@@ -208,3 +210,12 @@ def binding_digest(meta: dict[str, Any]) -> str:
 
 
 __all__ = ["BINDING_KEY", "FORMAT_VERSION", "binding_digest", "check_metadata"]
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """Parse and check ``rpg_config.json`` (see ``check_metadata``)."""
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or UTF-8
+        raise RPGCheckpointError(f"{path} is not a readable JSON file: {err}") from None
+    return check_metadata(meta, str(path), weights_name=WEIGHTS_NAME)

@@ -9,7 +9,22 @@ from __future__ import annotations
 
 import torch
 
-from .ring_autograd import buffer_is_free
+
+def _storage_refs(tensor: torch.Tensor) -> int:
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+try:  # a private torch API; without it buffers are simply never reused
+    _ALONE_REFS = _storage_refs(torch.empty(1))
+except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
+    _ALONE_REFS = None
+
+
+def buffer_is_free(buffer: torch.Tensor) -> bool:
+    """True when nothing but ``buffer`` itself holds its storage: no view of it is alive,
+    in particular none saved by an autograd graph that has not run backward yet."""
+    return _ALONE_REFS is not None and _storage_refs(buffer) <= _ALONE_REFS
+
 
 # Freed generated weights are kept for reuse up to this many bytes (or four times the
 # largest target, if more).

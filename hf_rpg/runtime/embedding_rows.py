@@ -2,7 +2,8 @@
 
 A vocabulary table is the largest weight of many language models, and a batch reads a few
 hundred of its rows: the ring indices of just those rows are looked up (``RingIndices.at``)
-and gathered, with autograd to the ring.
+and gathered, with autograd to the ring (``WeightEngine.run_rowwise_embedding`` decides
+when; this module does the gathering).
 """
 
 from __future__ import annotations
@@ -17,38 +18,21 @@ from ..spec import index_encoding
 if TYPE_CHECKING:
     from torch import nn
 
-    from .engine import WeightEngine
+    from .index_cache import RingIndices
+    from .plan import TargetPlan
 
 
-def run_rowwise_embedding(
-    engine: WeightEngine, module: nn.Embedding, target_id: int, args: tuple, kwargs: dict
+def embedding_rows(
+    module: nn.Embedding, target: TargetPlan, ring: torch.Tensor, indices: RingIndices, ids: torch.Tensor
 ) -> torch.Tensor:
-    """``module(ids)`` for an untied plain ``nn.Embedding``: only the looked-up rows."""
-    engine.check_enabled()
-    if len(args) + len(kwargs) != 1:
-        raise TypeError(f"{type(module).__name__}.forward() takes one input tensor")
-    ids = args[0] if args else next(iter(kwargs.values()))
-    if not engine.update_enabled:
-        weight = engine.plan.targets[target_id].base()
-    elif engine.inference_cache_applies():
-        weight = engine.materialized()[target_id]
-    else:
-        return embedding_rows(engine, module, target_id, ids)
-    return F.embedding(ids, weight, module.padding_idx, module.max_norm, module.norm_type,
-                       module.scale_grad_by_freq, module.sparse)  # fmt: skip
-
-
-def embedding_rows(engine: WeightEngine, module: nn.Embedding, target_id: int, ids: torch.Tensor) -> torch.Tensor:
-    """The rows ``ids`` of a generated embedding table, with autograd to the ring."""
-    target = engine.plan.targets[target_id]
+    """The rows ``ids`` of the generated embedding table ``target``, with autograd to ``ring``."""
     entry = target.entry
     vocab, dim = entry.shape
-    ids = _checked_ids(ids, vocab, engine.layout.rings[entry.ring].elements, entry.offset, dim)
-    ring = engine.ring(entry.ring)
+    ids = _checked_ids(ids, vocab, indices.layout.rings[entry.ring].elements, entry.offset, dim)
     columns = torch.arange(dim, device=ids.device, dtype=torch.int64)
     positions = (ids.to(torch.int64).unsqueeze(-1) * dim + columns).add_(entry.offset)
-    index = engine.indices.at(entry.ring, positions.flatten())
-    values = index_encoding.lookup(ring, index, engine.indices.sign_bit_layout(entry.ring, ring.device))
+    index = indices.at(entry.ring, positions.flatten())
+    values = index_encoding.lookup(ring, index, indices.sign_bit_layout(entry.ring, ring.device))
     rows = (values * entry.gain).view(*ids.shape, dim)
     base = target.base()
     if base is not None:

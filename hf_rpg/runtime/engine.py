@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from ..errors import RPGStateError
 from ..spec.lowrank import delta_weight, features, projection
 from .buffer_pool import BufferPool
+from .embedding_rows import embedding_rows
 from .index_cache import RingIndices
 from .ring_autograd import _GenerateFromRing, _Request
 
@@ -339,6 +340,22 @@ class WeightEngine:
     def _hooks_apply(self) -> bool:
         # Under torch.compile the compiled graph chooses what to save (and may recompute).
         return self.plan.regenerate and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+    def run_rowwise_embedding(self, module: nn.Embedding, target_id: int, args: tuple, kwargs: dict) -> torch.Tensor:
+        """``module(ids)`` for an untied plain ``nn.Embedding``: only the looked-up rows."""
+        self.check_enabled()
+        if len(args) + len(kwargs) != 1:
+            raise TypeError(f"{type(module).__name__}.forward() takes one input tensor")
+        ids = args[0] if args else next(iter(kwargs.values()))
+        target = self.plan.targets[target_id]
+        if not self.update_enabled:
+            weight = target.base()
+        elif self.inference_cache_applies():
+            weight = self.materialized()[target_id]
+        else:
+            return embedding_rows(module, target, self.ring(target.entry.ring), self.indices, ids)
+        return F.embedding(ids, weight, module.padding_idx, module.max_norm, module.norm_type,
+                           module.scale_grad_by_freq, module.sparse)  # fmt: skip
 
     def run_owner(
         self,

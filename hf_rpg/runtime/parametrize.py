@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from ..errors import RPGStateError
-from .embedding_rows import run_rowwise_embedding
 from .plan import REPLACE, Serving
 
 if TYPE_CHECKING:
@@ -69,7 +68,7 @@ def _owner_forward(base: type, rowwise: bool) -> Any:
         engine = next(iter(sources.values())).engine
         if rowwise:
             source = sources["weight"]
-            return run_rowwise_embedding(engine, self, source.target_id, args, kwargs)
+            return engine.run_rowwise_embedding(self, source.target_id, args, kwargs)
         return engine.run_owner(self, sources, original, args, kwargs)
 
     forward.__doc__ = original.__doc__

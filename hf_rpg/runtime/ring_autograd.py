@@ -32,22 +32,6 @@ class _Request:
     base: torch.Tensor | None
 
 
-def _storage_refs(tensor: torch.Tensor) -> int:
-    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
-
-
-try:  # a private torch API; without it buffers are simply never reused
-    _ALONE_REFS = _storage_refs(torch.empty(1))
-except (AttributeError, RuntimeError):  # pragma: no cover - depends on the torch build
-    _ALONE_REFS = None
-
-
-def buffer_is_free(buffer: torch.Tensor) -> bool:
-    """True when nothing but ``buffer`` itself holds its storage: no view of it is alive,
-    in particular none saved by an autograd graph that has not run backward yet."""
-    return _ALONE_REFS is not None and _storage_refs(buffer) <= _ALONE_REFS
-
-
 # torch runs index_select and index_add_ on one CPU thread; above this many elements the
 # gather and the scatter are split in chunks over torch.get_num_threads() Python threads
 # (torch releases the GIL inside its kernels).
