@@ -152,7 +152,7 @@ def _weights(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("variant", ["no_permutation", "no_sign", "plain_tiling"])
 def test_ablation_override_generates_what_it_specifies(variant):
-    from hf_rpg_studies.sweep import _signed_override
+    from hf_rpg_studies.sweep.models import _signed_override
 
     torch.manual_seed(0)
     model = apply_rpg(make_resnet(), RPGConfig(dof=0.1, seed=4))
