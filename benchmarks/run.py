@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import sections
+from benchmarks import peers, sections
 from benchmarks.common import RESULTS, machine_info
 from benchmarks.report import render
 
@@ -30,7 +30,7 @@ SECTIONS = {
     "embeddings": sections.embeddings,
     "load": sections.load,
     "inference": sections.inference,
-    "peers": sections.peers,
+    "peers": peers.peers,
 }
 
 

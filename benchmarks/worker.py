@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from benchmarks import sections
+from benchmarks import peers, sections
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     elif section == "inference":
         result = sections.inference_case(repeats)
     elif section == "peers":
-        result = sections.peers_once(repeats)
+        result = peers.peers_once(repeats)
     else:
         raise SystemExit(f"unknown section {section!r}")
     print(json.dumps(result))
