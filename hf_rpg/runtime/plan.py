@@ -57,7 +57,6 @@ REPLACE = Serving("replace", replaces_parameter=True)
 MERGED = Serving("merged", adds_base=True)
 ADDITIVE = Serving("additive", added_to_output=True, pooled_update=True)
 LOWRANK = Serving("lowrank", added_to_output=True, low_rank=True)
-SERVINGS = {s.name: s for s in (REPLACE, MERGED, ADDITIVE, LOWRANK)}
 
 
 @dataclass(frozen=True)
