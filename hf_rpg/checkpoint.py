@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -85,10 +86,13 @@ def stored_entries(model: CheckpointModel) -> dict[str, torch.Tensor]:
     mode, frozen parameters are not stored: they come from the base model.
     """
     stored = model.stored_parameter_ids()
+    # What a module adds to its state dict besides its parameters and buffers (bitsandbytes'
+    # quant_state of a frozen quantized base) is the base's, not the checkpoint's.
+    real = {id(t) for t in itertools.chain(model.base_model.parameters(), model.base_model.buffers())}
     entries: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in model.base_model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
+        if id(tensor) in seen or id(tensor) not in real:
             continue
         seen.add(id(tensor))
         if isinstance(tensor, nn.Parameter) and not model.is_stored(tensor, stored):
@@ -393,6 +397,12 @@ def _check_ring(path: Path, name: str, value: torch.Tensor, size: int) -> None:
         )
 
 
+def _base_extra_state(model: CheckpointModel) -> set[str]:
+    """State-dict keys of the base that are neither parameters nor buffers (see ``stored_entries``)."""
+    real = {id(t) for t in itertools.chain(model.base_model.parameters(), model.base_model.buffers())}
+    return {k for k, t in model.base_model.state_dict(keep_vars=True).items() if id(t) not in real}
+
+
 def load_tensors(
     model: CheckpointModel, path: Path, *, binding: str | None = None, ring_storage: dict[str, Any] | None = None
 ) -> None:
@@ -416,6 +426,8 @@ def load_tensors(
         copies.append((ring, values[key]))
     expected = stored_entries(model)
     for key in sorted(set(values) - ring_keys):
+        if key not in expected and key in _base_extra_state(model):
+            continue  # a quantized base's quant_state, stored by hf_rpg before it left these out
         if key not in expected:
             raise RPGManifestMismatchError(
                 f"{path} holds {key!r}, which the model ({type(model.base_model).__name__}) does not have "
