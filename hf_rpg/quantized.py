@@ -13,6 +13,7 @@ Nothing here imports bitsandbytes or torchao unless a model already holds their 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -98,3 +99,17 @@ def prepare_for_grad(module: nn.Module) -> None:
     param.data, param.quant_state = bnb_functional._convert_weight_packed_for_cpu_inverse(param.data, param.quant_state)
     if getattr(module, "quant_state", None) is not None:
         module.quant_state = param.quant_state
+
+
+def bnb4_codes(param: torch.Tensor) -> torch.Tensor:
+    """The 4-bit codes (0-15) of a bitsandbytes 4-bit weight, flattened row-major, whatever
+    its layout (a weight packed for the CPU kernel is read through bitsandbytes' inverse, on
+    a copy). They identify the quantized weights independently of the scales' dtype."""
+    data = param.data
+    if _packed_for_cpu(param):
+        import bitsandbytes.functional as bnb_functional
+
+        data, _ = bnb_functional._convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(param.quant_state))
+    raw = data.reshape(-1).view(torch.uint8)
+    codes = torch.stack([raw >> 4, raw & 0xF], dim=1).reshape(-1)  # the first element in the high nibble
+    return codes[: math.prod(param.quant_state.shape)]
