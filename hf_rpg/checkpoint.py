@@ -212,7 +212,9 @@ def model_record(model: CheckpointModel) -> dict[str, Any]:
         if engine.specs[tid].serving == "replace":  # the Parameter is gone: its dtype is the spec's
             named.setdefault(entry.name, engine.specs[tid].dtype)
     record: dict[str, Any] = {"dtypes": dtype_record.record(named)}
-    if model.rpg_config.mode == "delta":
+    if model.rpg_config.mode == "delta" and getattr(model, "_base_fingerprint", None) is not None:
+        record["base_fingerprint"] = model._base_fingerprint  # taken when RPG was applied or loaded
+    elif model.rpg_config.mode == "delta":
         bases = []
         for entry, owners in zip(model.layout.targets, model._targets, strict=True):
             owner = owners[0]

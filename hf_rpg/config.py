@@ -147,7 +147,8 @@ class RPGConfig:
             the pretrained weights), falling back to the model's ``initializer_range`` or
             ``1/sqrt(fan_in)`` for a tensor that is all zeros. ``"kaiming_fan_in"`` and
             ``"kaiming_fan_out"`` use ``sqrt(2 / fan)`` (the reference code uses
-            fan-out). A positive float: in replace mode, that value for every tensor; in
+            fan-out). A positive float (at most ``MAX_GAIN``, 1e6: beyond, float32
+            overflows): in replace mode, that value for every tensor; in
             delta mode, a multiplier of the update on top of the ``"auto"`` scales,
             ``ΔW = gain · G(ring)``. The ring starts at zero there, so under Adam a gain
             acts exactly as a learning-rate multiplier for the ring (``gain=2`` trains as

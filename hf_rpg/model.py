@@ -87,7 +87,9 @@ def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str
     gains = [_gain(target, config, model) for target in targets]
     layout = build_layout(targets, rings, gains, config, _ranks(targets, config))
     ring_init = "zeros" if config.mode == "delta" else config.init
+    fingerprint = _fingerprint(layout, targets) if config.mode == "delta" else None
     wrapped = RPGModel._wrap(model, config, layout, targets, ring_init, device=device)
+    wrapped._base_fingerprint = fingerprint
     if on_meta:
         wrapped._materialize_meta(device)
     elif device is not None:
@@ -841,6 +843,14 @@ class RPGModel(nn.Module):
 # ---------------------------------------------------------------------------- loading
 
 
+def _fingerprint(layout: Layout, targets: list[FoundTarget]) -> dict[str, Any]:
+    """``base_fingerprint`` of the targets' base weights, taken before wrapping (and before any
+    sharding: saving under FSDP then needs no gather of the base)."""
+    return base_fingerprint.fingerprint(
+        (e.name, e.shape, t.param, t.layer) for e, t in zip(layout.targets, targets, strict=True)
+    )
+
+
 def _check_base(
     meta: dict[str, Any], layout: Layout, targets: list[FoundTarget], source: Path, check_base: bool
 ) -> None:
@@ -922,7 +932,9 @@ def load_checkpoint(
     trainable = [(p, p.requires_grad) for p in base_model.parameters()]
     on_meta = _has_meta_tensors(base_model)
     target_device = torch.device(device if device is not None else "cpu") if on_meta else None
+    fingerprint = _fingerprint(layout, targets) if config.mode == "delta" else None
     model = RPGModel._wrap(base_model, config, layout, targets, "empty", device=target_device)
+    model._base_fingerprint = fingerprint
     try:
         if on_meta:
             model._materialize_meta(target_device)
