@@ -10,6 +10,7 @@ keeps its size and architecture; only the ring is trained and stored.
 
 from .config import RPGConfig
 from .errors import (
+    RPGBaseMismatchError,
     RPGCheckpointError,
     RPGConfigError,
     RPGError,
@@ -37,6 +38,7 @@ def __getattr__(name: str):
 __all__ = [
     "GENERATOR_VERSION",
     "DoFReport",
+    "RPGBaseMismatchError",
     "RPGCheckpointError",
     "RPGConfig",
     "RPGConfigError",

@@ -8,20 +8,31 @@ import dataclasses
 import inspect
 import itertools
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from . import base_fingerprint, dtype_record
 from .base_model import build_base_model
-from .checkpoint import RING_PREFIX, check_weights_file, load_tensors, read_metadata, save_checkpoint, stored_entries
+from .checkpoint import (
+    RING_PREFIX,
+    check_model_binding,
+    check_weights_file,
+    load_tensors,
+    read_metadata,
+    save_checkpoint,
+    stored_entries,
+)
 from .config import AUTO_INDEX_CACHE_ELEMENTS, AUTO_RANK, AUTO_RANK_ELEMENTS_PER_DOF, RPGConfig
 from .engine import TargetSpec, WeightEngine
 from .errors import RPGConfigError, RPGManifestMismatchError, RPGStateError, RPGTargetError
 from .files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
 from .generator import ring_normal_init
 from .hub import push_to_hub
+from .input_checks import check_device, check_every_target_entry_matches, check_not_peft
 from .lowrank import LOWRANK_KINDS, features
 from .manifest import Layout, TargetLayout, assign_rings, build_layout
 from .metadata import binding_digest
@@ -52,6 +63,7 @@ def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str
         >>> model = apply_rpg(base_model, config)
         >>> model.print_trainable_parameters()
     """
+    check_not_peft(model)
     if isinstance(model, RPGModel) or any(is_generated(m) for m in model.modules()):
         raise RPGStateError(
             "RPG is already applied to this model; apply_rpg takes a plain model "
@@ -62,18 +74,22 @@ def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str
     # The model keeps its own copy: changing the caller's config afterwards changes nothing.
     config = copy.deepcopy(config)
     config.validate()
+    device = check_device(device)
     on_meta = _has_meta_tensors(model)
     if on_meta:
         _check_meta_config(config, device)
     device = torch.device(device) if device is not None else None
     targets = find_targets(model, config)
+    check_every_target_entry_matches(model, config)
     for target in targets:
         _check_servable(target, config)
     rings = assign_rings(targets, config)
     gains = [_gain(target, config, model) for target in targets]
     layout = build_layout(targets, rings, gains, config, _ranks(targets, config))
     ring_init = "zeros" if config.mode == "delta" else config.init
+    fingerprint = _fingerprint(layout, targets) if config.mode == "delta" else None
     wrapped = RPGModel._wrap(model, config, layout, targets, ring_init, device=device)
+    wrapped._base_fingerprint = fingerprint
     if on_meta:
         wrapped._materialize_meta(device)
     elif device is not None:
@@ -335,6 +351,19 @@ def _replace_with_dense_linear(model: nn.Module, owner: Owner, delta: torch.Tens
     model.get_submodule(parent_name).register_module(child, dense)
 
 
+def _keeping_dtype(fn: Any) -> Any:
+    """``fn`` of ``nn.Module._apply`` (``.to()``, ``.half()``...) without its dtype change:
+    the device move (and anything else) only."""
+
+    def apply(tensor: torch.Tensor) -> torch.Tensor:
+        probe = fn(torch.empty(0, dtype=tensor.dtype, device=tensor.device))
+        if probe.dtype == tensor.dtype:
+            return fn(tensor)
+        return tensor.to(device=probe.device)
+
+    return apply
+
+
 class RPGModel(nn.Module):
     """A model whose targeted weights are generated from trainable ring(s).
 
@@ -568,8 +597,19 @@ class RPGModel(nn.Module):
     disable_adapter = disable_rpg
 
     def _apply(self, fn: Any, recurse: bool = True) -> RPGModel:
-        # .to() / .half() / .cuda(): generated weights follow like the Parameters they replace
-        result = super()._apply(fn, recurse)
+        # .to() / .half() / .cuda(): generated weights follow like the Parameters they replace;
+        # the rings move but keep config.ring_dtype (float32 by default, whatever the model's
+        # dtype, so that small optimizer updates are kept): RPGConfig(ring_dtype=...) sets it.
+        rings = self._modules.get("rpg_rings")
+        if rings is not None:
+            self._modules["rpg_rings"] = None
+            try:
+                result = super()._apply(fn, recurse)
+            finally:
+                self._modules["rpg_rings"] = rings
+            rings._apply(_keeping_dtype(fn), recurse)
+        else:
+            result = super()._apply(fn, recurse)
         engine = self.__dict__.get("_engine")
         if engine is not None:
             specs = []
@@ -803,6 +843,35 @@ class RPGModel(nn.Module):
 # ---------------------------------------------------------------------------- loading
 
 
+def _fingerprint(layout: Layout, targets: list[FoundTarget]) -> dict[str, Any]:
+    """``base_fingerprint`` of the targets' base weights, taken before wrapping (and before any
+    sharding: saving under FSDP then needs no gather of the base)."""
+    return base_fingerprint.fingerprint(
+        (e.name, e.shape, t.param, t.layer) for e, t in zip(layout.targets, targets, strict=True)
+    )
+
+
+def _check_base(
+    meta: dict[str, Any], layout: Layout, targets: list[FoundTarget], source: Path, check_base: bool
+) -> None:
+    """Delta mode: the base's weights must be the ones the update was trained on."""
+    if not isinstance(check_base, bool):
+        raise RPGConfigError(f"check_base must be True or False, got {check_base!r}")
+    recorded = meta.get("base_fingerprint")
+    if recorded is None:
+        warnings.warn(
+            f"{source} records no base_fingerprint (saved before hf_rpg bound delta checkpoints to their "
+            "base): the base model's weights are not checked; make sure it is the one the update was "
+            "trained on",
+            UserWarning,
+            stacklevel=4,
+        )
+        return
+    if check_base:
+        bases = [(e.name, e.shape, t.param, t.layer) for e, t in zip(layout.targets, targets, strict=True)]
+        base_fingerprint.check_base(recorded, bases, str(source))
+
+
 def load_checkpoint(
     path_or_repo_id: str | Path,
     base_model: nn.Module | None = None,
@@ -813,6 +882,7 @@ def load_checkpoint(
     local_files_only: bool = False,
     force_download: bool = False,
     device: torch.device | str | None = None,
+    check_base: bool = True,
 ) -> RPGModel:
     """Load an hf_rpg checkpoint from a local directory or a Hub repo id.
 
@@ -827,6 +897,9 @@ def load_checkpoint(
             (``"cpu"`` by default). It is built on the meta device and only what the
             checkpoint stores (rings, parameters that are not generated, buffers) is
             allocated: the dense generated weights never are.
+        check_base: Delta mode: refuse a base whose weights differ from the ones the update
+            was trained on (``base_fingerprint``, ``RPGBaseMismatchError``). ``False`` loads
+            the update onto this base anyway (a base quantized differently, say).
 
     Returns:
         An ``RPGModel`` in eval mode. Its outputs are bit-identical to the saved model's.
@@ -838,6 +911,7 @@ def load_checkpoint(
             "RPG is already applied to base_model; from_pretrained takes a plain model "
             "(call merge_and_unload() on it first, or pass a freshly loaded base model)"
         )
+    device = check_device(device)
     hub_kwargs = {"cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
     files = resolve_checkpoint_files(path_or_repo_id, revision=revision, force_download=force_download, **hub_kwargs)
     meta = read_metadata(files[CONFIG_NAME])
@@ -847,13 +921,20 @@ def load_checkpoint(
         raise RPGConfigError(f"{files[CONFIG_NAME]}: 'config': {err}") from None
     layout = Layout.from_dict(meta["manifest"])
     check_weights_file(files[WEIGHTS_NAME], meta)
+    check_model_binding(files[WEIGHTS_NAME], meta, files.get(MODEL_CONFIG_NAME) if base_model is None else None)
     if base_model is None:
         base_model = build_base_model(meta, config, files.get(MODEL_CONFIG_NAME), hub_kwargs)
+        if meta.get("dtypes") is not None:  # whatever built the model that was saved
+            dtype_record.restore(base_model, meta["dtypes"])
     targets = targets_from_manifest(base_model, layout)
+    if config.mode == "delta":
+        _check_base(meta, layout, targets, files[CONFIG_NAME], check_base)
     trainable = [(p, p.requires_grad) for p in base_model.parameters()]
     on_meta = _has_meta_tensors(base_model)
     target_device = torch.device(device if device is not None else "cpu") if on_meta else None
+    fingerprint = _fingerprint(layout, targets) if config.mode == "delta" else None
     model = RPGModel._wrap(base_model, config, layout, targets, "empty", device=target_device)
+    model._base_fingerprint = fingerprint
     try:
         if on_meta:
             model._materialize_meta(target_device)
