@@ -36,7 +36,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from hf_rpg import RPGConfig, apply_rpg
-from hf_rpg.examples_support.chat import Example, answer_loss, collate, encode_chat
+from hf_rpg.examples_support.chat import Example, answer_loss, collate, encode_chat, generate_answers
 from hf_rpg.examples_support.data import find_rt_polarity, load_rt_polarity
 from hf_rpg.examples_support.smollm2 import load_smollm2
 from hf_rpg.examples_support.threads import use_threads
@@ -78,33 +78,6 @@ def make_examples(args: argparse.Namespace, tokenizer: Any) -> tuple[list[Exampl
     train_examples = [encode(t, y) for t, y in zip(train["text"], train["label"], strict=True)]
     test_examples = [encode(t, y) for t, y in zip(test["text"], test["label"], strict=True)]
     return train_examples, test_examples, list(test["label"])
-
-
-@torch.no_grad()
-def generate_answers(model: Any, tokenizer: Any, examples: list[Example], batch_size: int = 16) -> list[str]:
-    """The greedy answer to every chat, as text (decoding stops at the end-of-turn token)."""
-    model.eval()
-    device = next(model.parameters()).device
-    answers = [""] * len(examples)
-    order = np.argsort([len(e.prompt) for e in examples], kind="stable")
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        width = max(len(examples[i].prompt) for i in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(rows):  # left padding: every prompt ends where generation starts
-            ids[r, width - len(examples[i].prompt) :] = torch.tensor(examples[i].prompt)
-            mask[r, width - len(examples[i].prompt) :] = 1
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=4,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        for r, i in enumerate(rows):
-            answers[i] = tokenizer.decode(out[r, width:], skip_special_tokens=True)
-    return answers
 
 
 def accuracy(answers: list[str], labels: list[int]) -> float:

@@ -130,3 +130,35 @@ def encode_chat(
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return Example(list(prompt["input_ids"]), answer_ids)
+
+
+@torch.no_grad()
+def generate_answers(
+    model: torch.nn.Module, tokenizer, examples: list[Example], *, batch_size: int = 16, max_new_tokens: int = 4
+) -> list[str]:
+    """The greedy answer to every chat's prompt, as text (``model.generate``, left-padded batches;
+    decoding stops at the end-of-turn token)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    answers = [""] * len(examples)
+    order = np.argsort([len(e.prompt) for e in examples], kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(examples[i].prompt) for i in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(rows):  # left padding: every prompt ends where generation starts
+            ids[r, width - len(examples[i].prompt) :] = torch.tensor(examples[i].prompt)
+            mask[r, width - len(examples[i].prompt) :] = 1
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        for r, i in enumerate(rows):
+            answers[i] = tokenizer.decode(out[r, width:], skip_special_tokens=True)
+    model.train(was_training)
+    return answers
