@@ -137,3 +137,21 @@ def test_the_causal_lm_example_learns_to_answer_and_saves(smollm2, smollm2_cache
     assert results["accuracy_after"] > 0.2
     assert results["steps"] == 6
     assert (tmp_path / "rpg" / "rpg_model.safetensors").is_file()
+
+
+def test_the_llm_benchmark_runs_resumes_and_reports(smollm2, smollm2_cache, tmp_path):
+    """``python -m benchmarks.llm_quality`` in its smoke mode: one run is recorded, a second
+    invocation skips it, and the report names it."""
+    from benchmarks.llm_quality.__main__ import main
+
+    results, report = tmp_path / "results.jsonl", tmp_path / "report.md"
+    argv = ["--smoke", "--tasks", "trec", "--methods", "rpg", "--budgets", "1000", "--seeds", "0"]
+    argv += ["--results", str(results), "--report", str(report), "--cache-dir", str(smollm2_cache)]
+    assert main(argv) == 0
+    lines = results.read_text().splitlines()
+    assert len(lines) == 1
+    assert main(argv) == 0
+    assert results.read_text().splitlines() == lines  # resumed: nothing run again
+    text = report.read_text()
+    assert "| rpg | 1,000 | 1,000 |" in text
+    assert (tmp_path / "report-plots" / "trec.png").is_file()

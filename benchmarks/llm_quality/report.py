@@ -137,6 +137,49 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def plot(rows: list[dict[str, Any]], task: str, path: Path) -> bool:
+    """Test accuracy against trainable count, one line per method (mean ± std over seeds)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the bench extra brings it; without it the report has tables only
+        return False
+    task_rows = [r for r in rows if r["task"] == task]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    names = [m for m in methods.METHODS if any(r["method"] == m for r in task_rows)]
+    colors = plt.get_cmap("tab10")
+    for number, method in enumerate(names):
+        mrows = sorted((r for r in task_rows if r["method"] == method), key=lambda r: r["trainable"])
+        if method == "full":
+            full = mrows[0]["mean"]
+            ax.axhline(full, color="grey", linestyle=":", label=f"full fine-tuning ({full:.1f})")
+            continue
+        ours = methods.is_rpg(method)
+        ax.errorbar(
+            [r["trainable"] for r in mrows],
+            [r["mean"] for r in mrows],
+            yerr=[r["std"] or 0.0 for r in mrows],
+            marker="^" if ours else "o",
+            linestyle="--" if ours else "-",
+            color=colors(number % 10),
+            capsize=3,
+            label=method,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("test exact match (%), mean ± std over seeds")
+    ax.set_title(f"SmolLM2-135M-Instruct, {task}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write(results: Path, out: Path) -> str:
     runs = [r for r in read_results(results) if r.get("kind") == "run"]
     rows = summarise(runs)
@@ -157,6 +200,9 @@ def write(results: Path, out: Path) -> str:
     lines += ["", "## Protocol", "", PROTOCOL, "## Goals", "", *verdicts(rows), ""]
     for task in sorted({r["task"] for r in rows}):
         lines += [f"## {task}", "", *table(rows, task), ""]
+        picture = out.parent / f"{out.stem}-plots" / f"{task}.png"
+        if plot(rows, task, picture):
+            lines += [f"![{task}]({picture.parent.name}/{picture.name})", ""]
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
