@@ -170,3 +170,19 @@ def _counted(function, calls: dict[str, int], name: str):
         return function(*args, **kwargs)
 
     return wrapper
+
+
+def test_the_index_cache_is_built_by_the_kernel(monkeypatch):
+    """Where Triton serves (CUDA; here the interpreter with numba absent), the engine builds its
+    int32 cache with one kernel: the generator's indices, bit for bit."""
+    monkeypatch.setattr(index_kernels, "_kernels_module", False)
+    monkeypatch.setattr(index_kernels, "_triton_module", kernels)
+    calls = {"signed_indices": 0}
+    monkeypatch.setattr(kernels, "signed_indices", _counted(kernels.signed_indices, calls, "signed_indices"))
+    torch.manual_seed(0)
+    model = apply_rpg(MODELS["gpt2"].build(), RPGConfig(dof=0.3, seed=8, index_cache="int32"))
+    model._engine.build_index_caches()
+    assert calls["signed_indices"] == len(model.layout.rings) > 0
+    for name, ring in model.layout.rings.items():
+        expected = build_signed_index(ring.elements, ring.size, derive_key(8, name))
+        assert torch.equal(model._engine._index[name], expected), name
