@@ -144,8 +144,10 @@ class WeightEngine:
 
     # Built (and re-encoded) on first use, which may be inside a compiled graph: the NumPy
     # uint32 code must run eagerly, never be traced (dynamo has no uint32 shifts). Only this
-    # slow path leaves the graph; the lookup above stays in it.
-    @torch.compiler.disable
+    # slow path leaves the graph; the lookup above stays in it. torch._disable_dynamo is
+    # torch.compiler.disable imported on first call: the decorator would import torch._dynamo
+    # (about 2 s) with hf_rpg, for models that are never compiled.
+    @torch._disable_dynamo
     def _prepare_ring_index(self, ring_name: str, device: torch.device) -> torch.Tensor:
         ring = self.layout.rings[ring_name]
         index = self._index.get(ring_name)
