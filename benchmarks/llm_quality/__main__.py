@@ -62,9 +62,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _priority(p, order: list[str]) -> tuple:
-    """Budgets up to LoRA r=1's size (the goals' budgets) first, method by method; then the rest."""
-    large = p.budget == "full" or p.budget > 60_000
-    return (large, order.index(p.method), p.budget if isinstance(p.budget, int) else 0)
+    """Where the goals are first: hf_rpg's defaults and the peers at ~1k, then at ~10k, then LoRA
+    r=1 (the 10k goal's reference), then hf_rpg's variants, then ~100k and full fine-tuning."""
+    from benchmarks.llm_quality import methods
+
+    budget = p.budget if isinstance(p.budget, int) else 10**12
+    if budget > 60_000:
+        tier = 4
+    elif methods.is_rpg(p.method) and p.method != "rpg":
+        tier = 3
+    elif p.method == "lora":
+        tier = 2
+    else:
+        tier = 0 if budget <= 1_000 else 1
+    return (tier, budget, order.index(p.method))
 
 
 def main(argv: list[str] | None = None) -> int:
