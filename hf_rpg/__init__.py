@@ -12,6 +12,7 @@ from .api.config import RPGConfig
 from .api.model import RPGModel, apply_rpg
 from .api.pruning import prune_ring
 from .errors import (
+    RPGBaseMismatchError,
     RPGCheckpointError,
     RPGConfigError,
     RPGError,
@@ -37,6 +38,7 @@ def __getattr__(name: str):
 __all__ = [
     "GENERATOR_VERSION",
     "DoFReport",
+    "RPGBaseMismatchError",
     "RPGCheckpointError",
     "RPGConfig",
     "RPGConfigError",

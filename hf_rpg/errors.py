@@ -29,3 +29,7 @@ class RPGGeneratorVersionError(RPGError, ValueError):
 
 class RPGStateError(RPGError, RuntimeError):
     """An operation does not fit the current state (RPG applied twice, model unloaded...)."""
+
+
+class RPGBaseMismatchError(RPGCheckpointError):
+    """A delta checkpoint is being loaded onto a base model other than the one it was trained on."""

@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from architectures import ARCHITECTURES, build
+from architectures import ARCHITECTURES
 from conftest import _text_cls_batch, make_bert_cls, make_gpt2, model_outputs, train_steps
 from torch import nn
 
@@ -141,9 +141,9 @@ def test_rank_leaves_non_linear_targets_full_rank():
 
 def test_lowrank_on_a_quantized_base():
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is a dev dependency")
-    from test_quantized import QUANTIZERS
+    from test_quantized import MERGE_TOLERANCE, QUANTIZERS, quantizable_llama
 
-    base = QUANTIZERS["bnb_nf4"](build("llama"))
+    base = QUANTIZERS["bnb_nf4"](quantizable_llama())
     reference = copy.deepcopy(base)
     batch = ARCHITECTURES["llama"].batch(0)
     model = apply_rpg(base, RPGConfig(mode="delta", dof=100, rank=2, target_modules=["q_proj", "v_proj"]))
@@ -156,7 +156,8 @@ def test_lowrank_on_a_quantized_base():
     expected = model_outputs(model, batch)
     merged = model.merge_and_unload()
     assert type(merged.model.layers[0].self_attn.q_proj) is nn.Linear
-    torch.testing.assert_close(model_outputs(merged, batch), expected, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(model_outputs(merged, batch), expected, **MERGE_TOLERANCE)
+    assert (model_outputs(merged, batch) - model_outputs(reference, batch)).abs().max() > 10 * MERGE_TOLERANCE["atol"]
 
 
 def test_rank_is_checked():

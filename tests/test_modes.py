@@ -206,10 +206,12 @@ def test_delta_checkpoint_keeps_its_own_head_config(tmp_path):
 
 
 def test_saving_a_delta_model_without_a_base_reference_warns(tmp_path):
-    model = apply_rpg(make_bert_cls(), RPGConfig(mode="delta", dof=100))
+    base = make_bert_cls()
+    pristine = copy.deepcopy(base)  # the same base: another one is refused (base_fingerprint)
+    model = apply_rpg(base, RPGConfig(mode="delta", dof=100))
     with pytest.warns(UserWarning, match="records no base model"):
         model.save_pretrained(tmp_path / "delta")
-    loaded = RPGModel.from_pretrained(tmp_path / "delta", base_model=make_bert_cls())
+    loaded = RPGModel.from_pretrained(tmp_path / "delta", base_model=pristine)
     assert torch.equal(loaded.rpg_rings["default"], model.rpg_rings["default"])
 
 

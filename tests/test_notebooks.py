@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "examples" / "notebooks"
-EXPECTED = {"quickstart.ipynb", "bert_finetuning.ipynb", "dof_vs_accuracy.ipynb"}
+EXPECTED = {"quickstart.ipynb", "bert_finetuning.ipynb", "dof_vs_accuracy.ipynb", "llm_finetuning.ipynb"}
 
 
 def test_the_notebooks_exist():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -37,13 +38,23 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import RPGCheckpointError, RPGManifestMismatchError
+from ..format import dtype_record, save_checks
 from ..format.atomic import BACKUP_DIR, leftover_staging_dirs, write_directory_atomically
 from ..format.card import is_generated_card, model_card_text
 from ..format.files import CARD_NAME, CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME
 from ..format.manifest import Layout
-from ..format.metadata import BINDING_KEY, FORMAT_VERSION, binding_digest
+from ..format.metadata import (
+    BINDING_KEY,
+    CONFIG_JSON_KEY,
+    FORMAT_VERSION,
+    MODEL_BINDING_KEY,
+    binding_digest,
+    config_json_digest,
+    model_binding_digest,
+)
 from ..format.report import DoFReport
 from ..format.ring_storage import check_storage, decode_ring, encode_ring
+from ..runtime import base_fingerprint
 from ..runtime.parametrize import original_class
 from ..runtime.plan import Plan
 from ..spec.generator import GENERATOR_VERSION
@@ -90,10 +101,13 @@ def stored_entries(model: CheckpointModel) -> dict[str, torch.Tensor]:
     mode, frozen parameters are not stored: they come from the base model.
     """
     stored = model.stored_parameter_ids()
+    # What a module adds to its state dict besides its parameters and buffers (bitsandbytes'
+    # quant_state of a frozen quantized base) is the base's, not the checkpoint's.
+    real = {id(t) for t in itertools.chain(model.base_model.parameters(), model.base_model.buffers())}
     entries: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in model.base_model.state_dict(keep_vars=True).items():
-        if id(tensor) in seen:
+        if id(tensor) in seen or id(tensor) not in real:
             continue
         seen.add(id(tensor))
         if isinstance(tensor, nn.Parameter) and not model.is_stored(tensor, stored):
@@ -171,10 +185,16 @@ def _base_model_info(model: CheckpointModel) -> dict[str, Any]:
 
 
 def checkpoint_metadata(
-    model: CheckpointModel, weights_sha256: str, weights_bytes: int, ring_storage: dict[str, Any] | None = None
+    model: CheckpointModel,
+    weights_sha256: str,
+    weights_bytes: int,
+    ring_storage: dict[str, Any] | None = None,
+    model_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of ``rpg_config.json`` (``ring_storage``: how each ring is encoded, if not as is)."""
+    """The content of ``rpg_config.json`` (``ring_storage``: how each ring is encoded, if not as
+    is; ``model_record``: ``model_record(model)``, the ``dtypes`` and ``base_fingerprint``)."""
     storage = {} if ring_storage is None else {"ring_storage": ring_storage}
+    storage.update(model_record or {})
     return {
         "format_version": FORMAT_VERSION,
         "hf_rpg_version": __version__,
@@ -187,6 +207,25 @@ def checkpoint_metadata(
         **storage,
         "manifest": model.layout.to_dict(),
     }
+
+
+def model_record(model: CheckpointModel) -> dict[str, Any]:
+    """``dtypes`` (every model) and ``base_fingerprint`` (delta mode) of ``rpg_config.json``."""
+    plan = model.plan
+    named = dtype_record.floating_dtypes(model.base_model)
+    for entry, target in zip(model.layout.targets, plan.targets, strict=True):
+        if target.serving.replaces_parameter:  # the Parameter is gone: its dtype is the plan's
+            named.setdefault(entry.name, target.dtype)
+    record: dict[str, Any] = {"dtypes": dtype_record.record(named)}
+    if plan.delta and getattr(model, "_base_fingerprint", None) is not None:
+        record["base_fingerprint"] = model._base_fingerprint  # taken when RPG was applied or loaded
+    elif plan.delta:
+        bases = []
+        for entry, owners in zip(model.layout.targets, model._targets, strict=True):
+            owner = owners[0]
+            bases.append((entry.name, entry.shape, owner.module._parameters[owner.attr], owner.module))
+        record["base_fingerprint"] = base_fingerprint.fingerprint(bases)
+    return record
 
 
 def format_metadata(meta: dict[str, Any]) -> str:
@@ -222,6 +261,34 @@ def _is_main_process(flag: bool | None) -> bool:
     return True
 
 
+def _refuse_what_would_not_load(
+    model: CheckpointModel, tensors: dict[str, torch.Tensor], directory: Path, allow_invalid: bool
+) -> None:
+    """Raise before anything is written when ``from_pretrained`` would refuse ``tensors``."""
+    live = {RING_PREFIX + name: ring for name, ring in model.rpg_rings.items()}
+    live.update(stored_entries(model))
+    sizes = {name: ring.size for name, ring in model.layout.rings.items()}
+    found = save_checks.problems(tensors, sizes, live)
+    if not found:
+        return
+    more = f" (and {len(found) - 1} more problem(s))" if len(found) > 1 else ""
+    existing = (directory / CONFIG_NAME).exists() or (directory / WEIGHTS_NAME).exists()
+    if not allow_invalid:
+        raise RPGCheckpointError(
+            f"refusing to save to {str(directory)!r}: {found[0]}{more}; from_pretrained would refuse this "
+            "checkpoint. Nothing was written (a checkpoint there is unchanged). For debugging, "
+            "save_pretrained(..., allow_invalid=True) writes it anyway into a directory without a checkpoint"
+        )
+    if existing:
+        raise RPGCheckpointError(
+            f"allow_invalid=True never writes over a checkpoint, and {str(directory)!r} holds one: {found[0]}{more}. "
+            "Nothing was written; choose an empty directory"
+        )
+    warnings.warn(
+        f"saving a checkpoint from_pretrained will refuse (allow_invalid=True): {found[0]}{more}", stacklevel=4
+    )
+
+
 def save_checkpoint(
     model: CheckpointModel,
     save_directory: str | Path,
@@ -233,6 +300,7 @@ def save_checkpoint(
     card_info: dict[str, Any] | None = None,
     max_shard_size: int | str | None = None,
     ring_storage: str | None = None,
+    allow_invalid: bool = False,
 ) -> Path:
     """Write the compact checkpoint of ``model`` into ``save_directory``, atomically.
 
@@ -258,10 +326,14 @@ def save_checkpoint(
             absmax, one float32 scale per block of 256 entries) or ``"sparse"`` (non-zero
             entries only, for pruned rings); see ``hf_rpg.format.ring_storage``. Loading decodes to
             the ring's dtype; ``rpg_config.json`` records the choice under ``ring_storage``.
+        allow_invalid: Write a checkpoint that ``from_pretrained`` would refuse (a ring with
+            NaN or Inf, a ``state_dict`` entry of the wrong shape), with a warning, for
+            debugging; never over a directory that already holds a checkpoint. By default
+            such a save is refused before anything is written.
 
     Raises:
         RPGCheckpointError: The directory cannot be written (the message says what state
-            it is in).
+            it is in), or the state would not load (nothing is written then).
     """
     target = Path(save_directory)
     if not _is_main_process(is_main_process):
@@ -274,24 +346,31 @@ def save_checkpoint(
     # filesystem) when the target is a symlink.
     real = target.resolve()
     tensors = _tensors_to_save(model, state_dict)
+    _refuse_what_would_not_load(model, tensors, real, allow_invalid)
     storage = _encode_rings(tensors, None if ring_storage is None else check_storage(ring_storage))
     bound = {"generator": GENERATOR_VERSION, "config": model.rpg_config.to_dict(), "manifest": model.layout.to_dict()}
     binding = binding_digest(bound if storage is None else {**bound, "ring_storage": storage})
+    record = model_record(model)
     write_card = model_card and _card_is_ours(real / CARD_NAME)
 
     def write(staging: Path) -> list[str]:
         weights = staging / WEIGHTS_NAME
+        names = [WEIGHTS_NAME]
         metadata = {
             "format": "pt",
             "hf_rpg_format": str(FORMAT_VERSION),
             "generator": GENERATOR_VERSION,
             BINDING_KEY: binding,
+            MODEL_BINDING_KEY: model_binding_digest(
+                {**bound, **({} if storage is None else {"ring_storage": storage}), **record}
+            ),
         }
-        save_file(tensors, weights, metadata=metadata)
-        meta = checkpoint_metadata(model, _sha256(weights), weights.stat().st_size, storage)
-        names = [WEIGHTS_NAME]
-        if _write_model_config(model, staging / MODEL_CONFIG_NAME):
+        if _write_model_config(model, staging / MODEL_CONFIG_NAME):  # first: the weights file binds it
             names.append(MODEL_CONFIG_NAME)
+            content = json.loads((staging / MODEL_CONFIG_NAME).read_text(encoding="utf-8"))
+            metadata[CONFIG_JSON_KEY] = config_json_digest(content)
+        save_file(tensors, weights, metadata=metadata)
+        meta = checkpoint_metadata(model, _sha256(weights), weights.stat().st_size, storage, record)
         if write_card:
             (staging / CARD_NAME).write_text(model_card_text(meta, **(card_info or {})), encoding="utf-8")
             names.append(CARD_NAME)
@@ -332,6 +411,36 @@ def check_weights_file(path: Path, meta: dict[str, Any]) -> None:
         raise RPGCheckpointError(
             f"{path} does not match the SHA-256 recorded in {CONFIG_NAME}: the file is corrupted, truncated, "
             f"or from another save{_interrupted_save_hint(path.parent)}"
+        )
+
+
+def check_model_binding(weights: Path, meta: dict[str, Any], model_config: Path | None) -> None:
+    """Raise ``RPGCheckpointError`` when ``rpg_config.json``, or ``config.json`` when given (the
+    loader builds the model from it), differ in a field that changes the model from the ones
+    the weights file was saved with. Files saved before these digests existed have none and
+    are checked by ``binding_digest`` only; a ``config.json`` that is not JSON is left to the
+    model builder to report."""
+    handle = _safetensors_call(weights, "header", safe_open, str(weights), "pt")
+    with handle:
+        stored = _safetensors_call(weights, "metadata", handle.metadata) or {}
+    hint = _interrupted_save_hint(weights.parent)
+    if MODEL_BINDING_KEY in stored and stored[MODEL_BINDING_KEY] != model_binding_digest(meta):
+        raise RPGCheckpointError(
+            f"{weights} was saved with another {CONFIG_NAME}: the generator, seed, mode, manifest or another field "
+            "that changes the model (ring_dtype, other_parameters, modules_to_save, dtypes, base_fingerprint...) "
+            f"differs from the ones the weights were saved with; edited or mixed files are refused{hint}"
+        )
+    if model_config is None or CONFIG_JSON_KEY not in stored:
+        return
+    try:
+        content = json.loads(Path(model_config).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return
+    if not isinstance(content, dict) or stored[CONFIG_JSON_KEY] != config_json_digest(content):
+        raise RPGCheckpointError(
+            f"{model_config} differs from the {MODEL_CONFIG_NAME} the weights were saved with: an edited "
+            f"architecture (layer_norm_eps, hidden_act...) would build another model; {MODEL_CONFIG_NAME} edits are "
+            f"refused (docs/checkpoint-format.md lists the keys that are not checked){hint}"
         )
 
 
@@ -389,6 +498,12 @@ def _check_ring(path: Path, name: str, value: torch.Tensor, size: int) -> None:
         )
 
 
+def _base_extra_state(model: CheckpointModel) -> set[str]:
+    """State-dict keys of the base that are neither parameters nor buffers (see ``stored_entries``)."""
+    real = {id(t) for t in itertools.chain(model.base_model.parameters(), model.base_model.buffers())}
+    return {k for k, t in model.base_model.state_dict(keep_vars=True).items() if id(t) not in real}
+
+
 def load_tensors(
     model: CheckpointModel, path: Path, *, binding: str | None = None, ring_storage: dict[str, Any] | None = None
 ) -> None:
@@ -412,6 +527,8 @@ def load_tensors(
         copies.append((ring, values[key]))
     expected = stored_entries(model)
     for key in sorted(set(values) - ring_keys):
+        if key not in expected and key in _base_extra_state(model):
+            continue  # a quantized base's quant_state, stored by hf_rpg before it left these out
         if key not in expected:
             raise RPGManifestMismatchError(
                 f"{path} holds {key!r}, which the model ({type(model.base_model).__name__}) does not have "
@@ -419,13 +536,18 @@ def load_tensors(
             )
         _check_value(expected[key], values[key], key)
         copies.append((expected[key], values[key]))
-    if not model.plan.delta:
-        missing = [k for k in expected if k not in values]
-        if missing:
-            raise RPGCheckpointError(
-                f"{path} lacks {len(missing)} tensor(s) the model needs, first {missing[0]!r}; "
-                "a replace-mode checkpoint must hold every parameter and buffer that is not generated"
-            )
+    missing = [k for k in expected if k not in values]
+    if missing:
+        what = (
+            "every parameter and buffer that is not generated"
+            if not model.plan.delta
+            else "the parameters it trained (task heads, modules_to_save) and the buffers; without them the base's "
+            "own values would be used"
+        )
+        raise RPGCheckpointError(
+            f"{path} lacks {len(missing)} tensor(s) the model needs, first {missing[0]!r}; "
+            f"a {'delta' if model.plan.delta else 'replace'}-mode checkpoint must hold {what}"
+        )
     with torch.no_grad():
         for tensor, value in copies:
             tensor.copy_(value)
@@ -439,6 +561,7 @@ def checkpoint_bytes(directory: str | Path) -> int:
 __all__ = [
     "RING_PREFIX",
     "CheckpointModel",
+    "check_model_binding",
     "check_weights_file",
     "checkpoint_bytes",
     "load_tensors",

@@ -37,6 +37,8 @@ AUTO_RANK_ELEMENTS_PER_DOF = 4
 # index_cache="auto": an int32 cache up to this many generated elements (1 GiB of indices).
 AUTO_INDEX_CACHE_ELEMENTS = 1 << 28
 MAX_SEED = 2**64 - 1
+# A float gain above this makes float32 weights or activations overflow (inf/NaN).
+MAX_GAIN = 1e6
 
 Pattern = str | list[str] | None
 
@@ -144,7 +146,8 @@ class RPGConfig:
             the pretrained weights), falling back to the model's ``initializer_range`` or
             ``1/sqrt(fan_in)`` for a tensor that is all zeros. ``"kaiming_fan_in"`` and
             ``"kaiming_fan_out"`` use ``sqrt(2 / fan)`` (the reference code uses
-            fan-out). A positive float: in replace mode, that value for every tensor; in
+            fan-out). A positive float (at most ``MAX_GAIN``, 1e6: beyond, float32
+            overflows): in replace mode, that value for every tensor; in
             delta mode, a multiplier of the update on top of the ``"auto"`` scales,
             ``ΔW = gain · G(ring)``. The ring starts at zero there, so under Adam a gain
             acts exactly as a learning-rate multiplier for the ring (``gain=2`` trains as
@@ -311,6 +314,12 @@ class RPGConfig:
         ):
             raise RPGConfigError(
                 f"gain must be one of {', '.join(map(repr, GAINS))} or a positive finite float, got {_describe(gain)}"
+            )
+        elif gain > MAX_GAIN:
+            # finite as a Python float, but weights (or updates) this large overflow float32 in a forward
+            raise RPGConfigError(
+                f"gain={gain!r} is too large: a float gain must be in (0, {MAX_GAIN:g}] (it scales the generated "
+                "weights, or multiplies the update in delta mode); larger values overflow float32 and give inf/NaN"
             )
         elif isinstance(gain, int):
             self.gain = float(gain)

@@ -12,20 +12,30 @@ import torch
 from torch import nn
 
 from ..errors import RPGConfigError, RPGStateError
+from ..format import dtype_record
 from ..format.files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
 from ..format.manifest import Layout
 from ..format.metadata import binding_digest, read_metadata
 from ..format.report import DoFReport
+from ..runtime import base_fingerprint
 from ..runtime.engine import RuntimeStats, WeightEngine
 from ..runtime.merge import dense_linear, merged_parameters
 from ..runtime.parametrize import GeneratedSource, attach, detach, is_generated, original_class
 from ..runtime.plan import Plan
 from ..runtime.quantized import is_distributed_tensor
 from .base_model import build_base_model
-from .checkpoint import RING_PREFIX, check_weights_file, load_tensors, save_checkpoint, stored_entries
+from .checkpoint import (
+    RING_PREFIX,
+    check_model_binding,
+    check_weights_file,
+    load_tensors,
+    save_checkpoint,
+    stored_entries,
+)
 from .config import RPGConfig
 from .hub import push_to_hub
 from .initialization import has_meta_tensors, initial_ring, materialize_meta
+from .input_checks import check_device, check_every_target_entry_matches, check_not_peft
 from .model_class import allow_missing_base_weights, check_keywords, drop_base_weights, model_class_for
 from .plan import make_plan, plan_for_layout
 from .targets import FoundTarget, stored_parameter_ids, targets_from_manifest
@@ -52,6 +62,7 @@ def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str
         >>> model = apply_rpg(base_model, config)
         >>> model.print_trainable_parameters()
     """
+    check_not_peft(model)
     if isinstance(model, RPGModel) or any(is_generated(m) for m in model.modules()):
         raise RPGStateError(
             "RPG is already applied to this model; apply_rpg takes a plain model "
@@ -62,10 +73,14 @@ def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str
     # The model keeps its own copy: changing the caller's config afterwards changes nothing.
     config = copy.deepcopy(config)
     config.validate()
+    device = check_device(device)
     on_meta = has_meta_tensors(model)
     targets, plan = make_plan(model, config, torch.device(device) if device is not None else None, on_meta)
+    check_every_target_entry_matches(model, config)
     device = torch.device(device) if device is not None else None
+    fingerprint = base_fingerprint.fingerprint(_base_weights(plan, targets)) if plan.delta else None
     wrapped = RPGModel._wrap(model, config, plan, targets, device=device)
+    wrapped._base_fingerprint = fingerprint
     if on_meta:
         materialize_meta(wrapped.base_model, wrapped._engine, device)
     elif device is not None:
@@ -178,8 +193,19 @@ class RPGModel(nn.Module):
     disable_adapter = disable_rpg
 
     def _apply(self, fn: Any, recurse: bool = True) -> RPGModel:
-        # .to() / .half() / .cuda(): generated weights follow like the Parameters they replace
-        result = super()._apply(fn, recurse)
+        # .to() / .half() / .cuda(): generated weights follow like the Parameters they replace;
+        # the rings move but keep config.ring_dtype (float32 by default, whatever the model's
+        # dtype, so that small optimizer updates are kept): RPGConfig(ring_dtype=...) sets it.
+        rings = self._modules.get("rpg_rings")
+        if rings is not None:
+            self._modules["rpg_rings"] = None
+            try:
+                result = super()._apply(fn, recurse)
+            finally:
+                self._modules["rpg_rings"] = rings
+            rings._apply(dtype_record.keeping_dtype(fn), recurse)
+        else:
+            result = super()._apply(fn, recurse)
         engine = self.__dict__.get("_engine")
         if engine is not None:
             engine.follow(engine.plan.moved(fn))
@@ -422,6 +448,12 @@ class RPGModel(nn.Module):
 # ---------------------------------------------------------------------------- loading
 
 
+def _base_weights(plan: Plan, targets: list[FoundTarget]) -> list[tuple[str, Any, torch.Tensor, nn.Module | None]]:
+    """``(name, shape, weight, layer)`` of every target's base, what ``base_fingerprint`` samples
+    (taken before wrapping and before any sharding: saving under FSDP then needs no gather)."""
+    return [(e.name, e.shape, t.param, t.layer) for e, t in zip(plan.layout.targets, targets, strict=True)]
+
+
 def load_checkpoint(
     path_or_repo_id: str | Path,
     base_model: nn.Module | None = None,
@@ -432,6 +464,7 @@ def load_checkpoint(
     local_files_only: bool = False,
     force_download: bool = False,
     device: torch.device | str | None = None,
+    check_base: bool = True,
 ) -> RPGModel:
     """Load an hf_rpg checkpoint from a local directory or a Hub repo id.
 
@@ -446,6 +479,9 @@ def load_checkpoint(
             (``"cpu"`` by default). It is built on the meta device and only what the
             checkpoint stores (rings, parameters that are not generated, buffers) is
             allocated: the dense generated weights never are.
+        check_base: Delta mode: refuse a base whose weights differ from the ones the update
+            was trained on (``base_fingerprint``, ``RPGBaseMismatchError``). ``False`` loads
+            the update onto this base anyway (a base quantized differently, say).
 
     Returns:
         An ``RPGModel`` in eval mode. Its outputs are bit-identical to the saved model's.
@@ -457,6 +493,7 @@ def load_checkpoint(
             "RPG is already applied to base_model; from_pretrained takes a plain model "
             "(call merge_and_unload() on it first, or pass a freshly loaded base model)"
         )
+    device = check_device(device)
     hub_kwargs = {"cache_dir": cache_dir, "token": token, "local_files_only": local_files_only}
     files = resolve_checkpoint_files(path_or_repo_id, revision=revision, force_download=force_download, **hub_kwargs)
     meta = read_metadata(files[CONFIG_NAME])
@@ -466,15 +503,23 @@ def load_checkpoint(
         raise RPGConfigError(f"{files[CONFIG_NAME]}: 'config': {err}") from None
     layout = Layout.from_dict(meta["manifest"])
     check_weights_file(files[WEIGHTS_NAME], meta)
+    check_model_binding(files[WEIGHTS_NAME], meta, files.get(MODEL_CONFIG_NAME) if base_model is None else None)
     if base_model is None:
         base_model = build_base_model(meta, config, files.get(MODEL_CONFIG_NAME), hub_kwargs)
+        if meta.get("dtypes") is not None:  # whatever built the model that was saved
+            dtype_record.restore(base_model, meta["dtypes"])
     targets = targets_from_manifest(base_model, layout)
     trainable = [(p, p.requires_grad) for p in base_model.parameters()]
     on_meta = has_meta_tensors(base_model)
     target_device = torch.device(device if device is not None else "cpu") if on_meta else None
     stored = stored_parameter_ids(base_model, targets, config)
     plan = plan_for_layout(base_model, config, layout, targets, target_device, stored)
+    if plan.delta:
+        bases = _base_weights(plan, targets)
+        base_fingerprint.check_recorded(meta.get("base_fingerprint"), bases, str(files[CONFIG_NAME]), check_base)
+    fingerprint = base_fingerprint.fingerprint(bases) if plan.delta else None
     model = RPGModel._wrap(base_model, config, plan, targets, device=target_device)
+    model._base_fingerprint = fingerprint
     try:
         if on_meta:
             materialize_meta(model.base_model, model._engine, target_device)

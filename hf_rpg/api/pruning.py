@@ -29,15 +29,15 @@ def prune_ring(
         model: An ``RPGModel``.
         fraction: Share of the entries to zero, in ``[0, 1]``.
         amount: Number of entries to zero, in ``[0, total ring size]`` (instead of ``fraction``).
-        rings: Names of the rings to prune (default: all). The entries of the chosen rings
-            are ranked together by magnitude (ties broken by position).
+        rings: Names of the rings to prune (default: all; a string is one ring name). The entries of the
+            chosen rings are ranked together by magnitude (ties broken by position).
 
     Returns:
         Ring name -> number of entries now zero that were pruned by this call.
     """
     if (fraction is None) == (amount is None):
         raise RPGConfigError("prune_ring needs exactly one of fraction= (a share) or amount= (a count)")
-    names = list(model.rpg_rings) if rings is None else list(rings)
+    names = list(model.rpg_rings) if rings is None else [rings] if isinstance(rings, str) else list(rings)
     unknown = [n for n in names if n not in model.rpg_rings]
     if unknown or not names:
         raise RPGConfigError(f"rings must name rings of the model ({', '.join(model.rpg_rings)}), got {names!r}")

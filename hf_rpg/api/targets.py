@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -20,11 +21,6 @@ from ..runtime.quantized import (
 )
 from .config import DEFAULT_RING, RPGConfig
 
-try:  # transformers' GPT-2 style linear layer (weight stored as [in, out])
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers is a dependency, keep the module importable
-    Conv1D = None
-
 _CONV_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
     nn.Conv2d,
@@ -33,9 +29,23 @@ _CONV_TYPES: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
 )
-DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding, *_CONV_TYPES) + (
-    (Conv1D,) if Conv1D is not None else ()
-)
+BUILTIN_TARGET_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding, *_CONV_TYPES)
+
+
+def conv1d_type() -> type[nn.Module] | None:
+    """transformers' GPT-2 style linear layer ``Conv1D`` (weight stored as ``[in, out]``), or None
+    while transformers has not loaded it: a model holding one has imported it, and importing
+    transformers here would add a second to ``import hf_rpg``."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
+def default_target_types() -> tuple[type[nn.Module], ...]:
+    """The layer types targeted by default: linear, convolution and embedding layers, and
+    transformers' ``Conv1D``."""
+    conv1d = conv1d_type()
+    return BUILTIN_TARGET_TYPES + ((conv1d,) if conv1d is not None else ())
+
+
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
     nn.GroupNorm,
@@ -162,7 +172,8 @@ class FoundTarget:
 def _kind(layer: nn.Module) -> str:
     if isinstance(layer, nn.Embedding):
         return "embedding"
-    if Conv1D is not None and isinstance(layer, Conv1D):
+    conv1d = conv1d_type()
+    if conv1d is not None and isinstance(layer, conv1d):
         return "conv1d_transposed"
     if isinstance(layer, _CONV_TYPES):
         return "conv"
@@ -269,9 +280,10 @@ def _module_selected(name: str, module: nn.Module, pattern: str | list[str] | No
     if is_norm(module):
         return False
     if pattern is None:
-        return isinstance(module, DEFAULT_TARGET_TYPES) and id(module) not in heads
+        return isinstance(module, default_target_types()) and id(module) not in heads
     if pattern == ALL_LINEAR:
-        linear = (nn.Linear,) + ((Conv1D,) if Conv1D is not None else ())
+        conv1d = conv1d_type()
+        linear = (nn.Linear,) + ((conv1d,) if conv1d is not None else ())
         return isinstance(module, linear) and id(module) not in heads
     return matches(name, pattern)
 
@@ -325,7 +337,7 @@ def _excluded(target: FoundTarget, config: RPGConfig) -> bool:
 
 
 def _nothing_matched_message(model: nn.Module, config: RPGConfig) -> str:
-    examples = [n for n, m in model.named_modules() if isinstance(m, DEFAULT_TARGET_TYPES)][:8]
+    examples = [n for n, m in model.named_modules() if isinstance(m, default_target_types())][:8]
     return (
         "no module matched: target_modules="
         f"{config.target_modules!r}, target_parameters={config.target_parameters!r}, "

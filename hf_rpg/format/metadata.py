@@ -27,16 +27,43 @@ from ..describe import is_int as _is_int
 from ..errors import RPGCheckpointError, RPGGeneratorVersionError
 from ..spec.generator import SUPPORTED_GENERATORS
 from ..version import __version__
+from . import dtype_record, fingerprint_record
 from .files import WEIGHTS_NAME
 from .ring_storage import check_description
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "generator", "config", "manifest")
-OPTIONAL_KEYS = ("hf_rpg_version", "mode", "base_model", "dof", "files", "ring_storage")
+OPTIONAL_KEYS = ("hf_rpg_version", "mode", "base_model", "dof", "files", "ring_storage", "dtypes", "base_fingerprint")
 # Without these a checkpoint would silently regenerate other weights: no defaults for them.
 REQUIRED_CONFIG_KEYS = ("seed", "mode")
 BASE_MODEL_KEYS = ("class", "module", "name_or_path", "revision")
 BINDING_KEY = "hf_rpg_binding"
+# Written beside BINDING_KEY since base_fingerprint and dtypes exist: covers every field that
+# changes the loaded model (see model_binding_digest); older files have BINDING_KEY only.
+MODEL_BINDING_KEY = "hf_rpg_model_binding"
+# The SHA-256 of config.json's content (see config_json_digest), beside MODEL_BINDING_KEY.
+CONFIG_JSON_KEY = "hf_rpg_config_json"
+# The RPGConfig fields the model binding covers (fixed: a field added later gets its own key).
+# Not covered, since they never change a loaded model's values: index_cache,
+# weights_in_backward, embedding_rows, inference_cache (in-memory choices) and
+# base_model_name_or_path, revision (a base may move; base_fingerprint checks its weights).
+BOUND_CONFIG_FIELDS = (
+    "dof",
+    "seed",
+    "mode",
+    "init",
+    "target_modules",
+    "exclude_modules",
+    "target_parameters",
+    "rings",
+    "rank",
+    "gain",
+    "other_parameters",
+    "modules_to_save",
+    "ring_dtype",
+)
+# config.json keys that never change the model hf_rpg builds (remote code is never run).
+UNBOUND_CONFIG_JSON_KEYS = ("_name_or_path", "transformers_version", "auto_map")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -63,6 +90,12 @@ def check_metadata(meta: Any, source: str, *, weights_name: str) -> dict[str, An
     _check_files(meta.get("files"), source, weights_name)
     _check_dof(meta.get("dof"), source)
     _check_ring_storage(meta.get("ring_storage"), meta["manifest"], source)
+    if meta.get("dtypes") is not None:
+        dtype_record.check_description(meta["dtypes"], source)
+    if meta.get("base_fingerprint") is not None:
+        manifest_targets = meta["manifest"].get("targets") if isinstance(meta["manifest"], dict) else None
+        count = len(manifest_targets) if isinstance(manifest_targets, list) else 0
+        fingerprint_record.check_description(meta["base_fingerprint"], source, count)
     unknown = sorted(k for k in meta if k not in REQUIRED_KEYS + OPTIONAL_KEYS)
     if unknown:
         warnings.warn(
@@ -209,7 +242,28 @@ def binding_digest(meta: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-__all__ = ["BINDING_KEY", "FORMAT_VERSION", "binding_digest", "check_metadata"]
+def _canonical_sha256(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def model_binding_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of every field of ``rpg_config.json`` that changes the loaded model: the
+    generator, the manifest, the config's ``BOUND_CONFIG_FIELDS`` (``seed``, ``mode``,
+    ``ring_dtype``, ``other_parameters``, ``modules_to_save``...), and ``ring_storage``,
+    ``dtypes`` and ``base_fingerprint`` when present. Canonical JSON as in ``binding_digest``.
+    """
+    config = {k: meta["config"][k] for k in BOUND_CONFIG_FIELDS if k in meta["config"]}
+    bound = {"generator": meta["generator"], "config": config, "manifest": meta["manifest"]}
+    for key in ("ring_storage", "dtypes", "base_fingerprint"):
+        if meta.get(key) is not None:
+            bound[key] = meta[key]
+    return _canonical_sha256(bound)
+
+
+def config_json_digest(content: dict[str, Any]) -> str:
+    """SHA-256 of ``config.json``'s parsed content without ``UNBOUND_CONFIG_JSON_KEYS`` (canonical JSON)."""
+    return _canonical_sha256({k: v for k, v in content.items() if k not in UNBOUND_CONFIG_JSON_KEYS})
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -219,3 +273,17 @@ def read_metadata(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, RecursionError) as err:  # ValueError: bad JSON or UTF-8
         raise RPGCheckpointError(f"{path} is not a readable JSON file: {err}") from None
     return check_metadata(meta, str(path), weights_name=WEIGHTS_NAME)
+
+
+__all__ = [
+    "BINDING_KEY",
+    "BOUND_CONFIG_FIELDS",
+    "CONFIG_JSON_KEY",
+    "FORMAT_VERSION",
+    "MODEL_BINDING_KEY",
+    "binding_digest",
+    "check_metadata",
+    "config_json_digest",
+    "model_binding_digest",
+    "read_metadata",
+]

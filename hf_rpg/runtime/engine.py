@@ -34,6 +34,7 @@ from ..spec.lowrank import delta_weight, features, projection
 from .buffer_pool import BufferPool
 from .embedding_rows import embedding_rows
 from .index_cache import RingIndices
+from .quantized import prepare_for_grad
 from .ring_autograd import _GenerateFromRing, _Request
 
 if TYPE_CHECKING:
@@ -378,6 +379,10 @@ class WeightEngine:
             self._exit(ids)
 
     def _call(self, module, sources, forward, args, kwargs) -> Any:
+        if torch.is_grad_enabled() and (
+            module.training or any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        ):
+            prepare_for_grad(module)  # a quantized base in its CPU inference layout has no backward
         output = forward(module, *args, **kwargs)
         if not self.update_enabled:
             return output

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..spec import index_encoding
-from ..spec.generator import GeneratorKey, build_signed_index, derive_key, signed_indices
+from ..spec import index_encoding, index_kernels
+from ..spec.generator import GeneratorKey, build_signed_index, derive_key, signed_index_dtype, signed_indices
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -61,15 +61,17 @@ class RingIndices:
 
     # Built (and re-encoded) on first use, which may be inside a compiled graph: the NumPy
     # uint32 code must run eagerly, never be traced (dynamo has no uint32 shifts). Only this
-    # slow path leaves the graph; the lookup above stays in it.
-    @torch.compiler.disable
+    # slow path leaves the graph; the lookup above stays in it. torch._disable_dynamo is
+    # torch.compiler.disable imported on first call: the decorator would import torch._dynamo
+    # (about 2 s) with hf_rpg, for models that are never compiled.
+    @torch._disable_dynamo
     def _prepare(self, ring_name: str, device: torch.device) -> torch.Tensor:
         ring = self.layout.rings[ring_name]
         index = self._index.get(ring_name)
         itemsize = self._ring_itemsize(ring_name)
         was_sign_bit = self.sign_bit.get(ring_name, False)
         if index is None:
-            index = build_signed_index(ring.elements, ring.size, self.keys[ring_name], device=device)
+            index = _new_index(ring.elements, ring.size, self.keys[ring_name], device)
             was_sign_bit = False
         elif index.device != device:
             index = index.to(device)
@@ -140,3 +142,14 @@ class RingIndices:
     def bytes(self) -> int:
         """Bytes held by the index caches right now."""
         return sum(t.numel() * t.element_size() for t in self._index.values())
+
+
+def _new_index(total: int, ring_size: int, key: GeneratorKey, device: torch.device) -> torch.Tensor:
+    """A ring's signed-index cache: one Triton kernel on CUDA devices (the generator's tensor
+    path there runs dozens of ops per chunk of positions), else ``build_signed_index``."""
+    kernels = index_kernels.triton_for(device)
+    if kernels is None:
+        return build_signed_index(total, ring_size, key, device=device)
+    index = torch.empty(total, dtype=signed_index_dtype(ring_size), device=device)
+    kernels.signed_indices(key, total, ring_size, 0, None, index)
+    return index

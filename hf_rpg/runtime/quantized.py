@@ -12,6 +12,9 @@ Nothing here imports bitsandbytes or torchao unless a model already holds their 
 
 from __future__ import annotations
 
+import copy
+import math
+
 import torch
 from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
@@ -56,7 +59,11 @@ def dequantize(module: nn.Module, param: torch.Tensor) -> torch.Tensor:
     if name == _BNB_4BIT:
         import bitsandbytes.functional as bnb_functional
 
-        return bnb_functional.dequantize_4bit(param.data, param.quant_state).reshape(logical_shape(module))
+        data, state = param.data, param.quant_state
+        if _packed_for_cpu(param):
+            # bitsandbytes' own inverse, on a copy: the layer keeps the layout it chose
+            data, state = bnb_functional._convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(state))
+        return bnb_functional.dequantize_4bit(data, state).reshape(logical_shape(module))
     if name == _BNB_8BIT:
         scales = getattr(param, "SCB", None)
         if scales is None:  # after a training forward the layer keeps its scales in its state
@@ -74,3 +81,44 @@ def weight_std(layer: nn.Module | None, param: torch.Tensor) -> float:
     if values.device.type == "meta" or values.numel() <= 1:
         return 0.0
     return float(torch.tensor(values.detach().to(torch.float64).std(unbiased=False).item(), dtype=torch.float32))
+
+
+def _packed_for_cpu(param: torch.Tensor) -> bool:
+    """A bitsandbytes 4-bit weight in its AVX512-BF16 CPU layout.
+
+    On CPUs with AVX512-BF16, ``Linear4bit`` repacks its weight the first time it runs in
+    eval mode without grad (``quant_state.packing_format_for_cpu``); that layout has a
+    kernel without autograd and other ``quant_state`` fields.
+    """
+    return type(param).__name__ == _BNB_4BIT and bool(
+        getattr(getattr(param, "quant_state", None), "packing_format_for_cpu", False)
+    )
+
+
+def prepare_for_grad(module: nn.Module) -> None:
+    """Before a forward with grad through a quantized layer: put a bitsandbytes 4-bit weight
+    packed for the CPU inference kernel back in its usual layout (as bitsandbytes itself does
+    before saving or moving it), since the packed kernel has no backward and gradients to
+    the layer's input would be lost. Any other layer is left as it is."""
+    param = module._parameters.get("weight")
+    if param is None or not _packed_for_cpu(param):
+        return
+    import bitsandbytes.functional as bnb_functional
+
+    param.data, param.quant_state = bnb_functional._convert_weight_packed_for_cpu_inverse(param.data, param.quant_state)
+    if getattr(module, "quant_state", None) is not None:
+        module.quant_state = param.quant_state
+
+
+def bnb4_codes(param: torch.Tensor) -> torch.Tensor:
+    """The 4-bit codes (0-15) of a bitsandbytes 4-bit weight, flattened row-major, whatever
+    its layout (a weight packed for the CPU kernel is read through bitsandbytes' inverse, on
+    a copy). They identify the quantized weights independently of the scales' dtype."""
+    data = param.data
+    if _packed_for_cpu(param):
+        import bitsandbytes.functional as bnb_functional
+
+        data, _ = bnb_functional._convert_weight_packed_for_cpu_inverse(data.clone(), copy.deepcopy(param.quant_state))
+    raw = data.reshape(-1).view(torch.uint8)
+    codes = torch.stack([raw >> 4, raw & 0xF], dim=1).reshape(-1)  # the first element in the high nibble
+    return codes[: math.prod(param.quant_state.shape)]

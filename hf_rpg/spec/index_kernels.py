@@ -8,10 +8,12 @@ hash and the ``mod N`` run inside the kernel, block by block in the CPU's L1 cac
 ``*_at`` pair does the same at arbitrary positions (embedding rows).
 
 On CPU the kernels are compiled by numba (LLVM; ``cache=True``, so a process after the
-first loads the machine code from ``__pycache__`` instead of compiling it). Where numba is
-missing, on other devices, for ring dtypes without a fused kernel, and for rings beyond the
-uint32 domain (``total > 2**32`` or ``N >= 2**30``), the same values come from the
-generator's tensor path (or a numba int64 index kernel) and torch's gather / scatter.
+first loads the machine code from ``__pycache__`` instead of compiling it); on CUDA devices
+by Triton (``hf_rpg.spec.triton_kernels``, every ring size and dtype), when ``triton`` imports
+(the ``hf_rpg[triton]`` extra). Where neither serves, for CPU ring dtypes without a fused
+kernel, and for CPU rings beyond the uint32 domain (``total > 2**32`` or ``N >= 2**30``),
+the same values come from the generator's tensor path (or a numba int64 index kernel) and
+torch's gather / scatter.
 
 Exactness. While ``total <= 2**32`` every value of the algorithm fits in 32 bits, so the
 kernels use uint32 arithmetic (which LLVM vectorises); ``q mod N`` is a multiply-high by a
@@ -59,6 +61,7 @@ _FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 _GRAD_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 _kernels_module = None  # hf_rpg.spec._numba_kernels once imported; False when numba is missing
+_triton_module = None  # hf_rpg.spec.triton_kernels once imported; False when triton is missing
 _pool: ThreadPoolExecutor | None = None  # worker threads beyond the caller's, made on first use
 
 
@@ -75,11 +78,47 @@ def _kernels():
     return _kernels_module or None
 
 
+def _triton():
+    """The Triton kernels module, imported on first use (only for GPU tensors: importing
+    triton takes time); None without triton."""
+    global _triton_module
+    if _triton_module is None:
+        try:
+            from . import triton_kernels
+        except ImportError:  # no triton (the hf_rpg[triton] extra), or one that cannot load here
+            _triton_module = False
+        else:
+            _triton_module = triton_kernels
+    return _triton_module or None
+
+
+def _numba_serves(device: torch.device) -> bool:
+    return not _DISABLED and device.type == "cpu" and _kernels() is not None
+
+
+def triton_serves(device: torch.device | str) -> bool:
+    """Whether the Triton kernels serve ``device``: CUDA devices when triton imports (on CPU
+    numba comes first; Triton's interpreter serves CPU tensors only where numba is missing)."""
+    device = torch.device(device)
+    if _DISABLED or device.type == "meta" or _numba_serves(device):
+        return False
+    if device.type == "cpu" and (_triton_module is None or _triton_module is False):
+        return False  # never import triton for CPU tensors
+    kernels = _triton()
+    return kernels is not None and kernels.available(device)
+
+
+def triton_for(device: torch.device | str):
+    """The Triton kernels module (``hf_rpg.spec.triton_kernels``) when it serves ``device``, else None."""
+    return _triton() if triton_serves(device) else None
+
+
 def available(device: torch.device | str) -> bool:
-    """Whether the compiled (numba) kernels serve ``device``: CPU only, when numba imports
-    and ``HF_RPG_NO_KERNELS`` is not set. Elsewhere the functions of this module still work,
-    on the generator's tensor path."""
-    return not _DISABLED and torch.device(device).type == "cpu" and _kernels() is not None
+    """Whether compiled kernels serve ``device``: numba on CPU, Triton on CUDA devices, when
+    they import and ``HF_RPG_NO_KERNELS`` is not set. Elsewhere the functions of this module
+    still work, on the generator's tensor path."""
+    device = torch.device(device)
+    return _numba_serves(device) or triton_serves(device)
 
 
 # --------------------------------------------------------------------------------------
@@ -156,7 +195,7 @@ def _check_positions(positions: torch.Tensor, total: int) -> torch.Tensor:
     flat = positions.reshape(-1).to(torch.int64).contiguous()
     if flat.numel() == 0:
         return flat
-    if flat.device.type == "cpu" and available(flat.device):
+    if _numba_serves(flat.device):
         low, high = _kernels()._min_max(flat.numpy())
     else:
         low, high = (int(v) for v in torch.aminmax(flat))  # one pass; a host sync on GPUs
@@ -188,7 +227,7 @@ def _check_grad(grad_ring: torch.Tensor, grad: torch.Tensor, count: int, device:
 
 
 def _fused(ring: torch.Tensor, total: int, n: int) -> bool:
-    return available(ring.device) and uint32_path_applies(total, n)
+    return _numba_serves(ring.device) and uint32_path_applies(total, n)
 
 
 def _bits16(tensor: torch.Tensor) -> np.ndarray:
@@ -268,7 +307,7 @@ def _fused_scatter(grad_ring, total, n, key, start, positions, grad, gain) -> No
 
 def _index_chunk(total: int, n: int, key: GeneratorKey, start: int, positions, count: int, device) -> torch.Tensor:
     """Signed-ring indices (``k + N * negative``) of one chunk of a span or of ``positions``."""
-    if available(device) and not uint32_path_applies(total, n):
+    if _numba_serves(torch.device(device)) and not uint32_path_applies(total, n):
         # int64 domain: the generator's int64 tensor path is slow on CPU, this kernel is exact too
         ring_index = np.empty(count, np.int64)
         negative = np.empty(count, np.bool_)
@@ -315,7 +354,9 @@ def _generate(ring, total, n, key, start, positions, count, gain, out) -> torch.
     flat = out.view(-1)
     if count == 0:
         return flat
-    if _fused(ring, total, n) and ring.dtype in _FUSED_DTYPES:
+    if triton_serves(ring.device):
+        _triton().gather(ring, key, total, start, positions, flat, gain)
+    elif _fused(ring, total, n) and ring.dtype in _FUSED_DTYPES:
         _fused_gather(ring, total, n, key, start, positions, flat, gain)
     else:
         _tensor_gather(ring, total, n, key, start, positions, flat, gain)
@@ -328,7 +369,9 @@ def _accumulate(grad_ring, total, n, key, start, positions, grad, gain) -> None:
     flat = grad_ring.view(-1)
     # a low-precision ring gradient (e.g. bfloat16) is summed in float32 and rounded once
     target = flat if flat.dtype in (torch.float32, torch.float64) else torch.zeros(n, device=flat.device)
-    if _fused(grad_ring, total, n) and grad.dtype in _GRAD_DTYPES:
+    if triton_serves(grad_ring.device):
+        _triton().scatter(target, key, total, start, positions, grad, gain)
+    elif _fused(grad_ring, total, n) and grad.dtype in _GRAD_DTYPES:
         _fused_scatter(target, total, n, key, start, positions, grad, gain)
     else:
         _tensor_scatter(target, total, n, key, start, positions, grad, gain)

@@ -71,9 +71,17 @@ def projection(
 ) -> torch.Tensor:
     """The fixed projection ``P`` (``[rank, in_features]``) of a low-rank target."""
     key = derive_key(seed, projection_key_name(target_name))
+    scale = math.sqrt(REFERENCE_RANK) / rank
+    # (not while torch.compile traces: the tensor ops below compile into the graph)
+    if device is not None and torch.device(device).type != "cpu" and not torch.compiler.is_compiling():
+        from . import index_kernels
+
+        kernels = index_kernels.triton_for(device)
+        if kernels is not None:  # one kernel instead of a dozen tensor ops
+            return kernels.projection(key, rank, in_features, scale, dtype, device)
     positions = torch.arange(rank * in_features, dtype=torch.int64, device=device)
     negative = is_negative(positions, key)
-    values = (1 - 2 * negative).to(dtype) * (math.sqrt(REFERENCE_RANK) / rank)
+    values = (1 - 2 * negative).to(dtype) * scale
     return values.view(rank, in_features)
 
 
