@@ -8,8 +8,9 @@ keeps its size and architecture; only the ring is trained and stored.
     >>> model = apply_rpg(base_model, RPGConfig(dof=0.1, seed=0))
 """
 
+from .api.apply import apply_rpg
 from .api.config import RPGConfig
-from .api.model import RPGModel, apply_rpg
+from .api.model import RPGModel
 from .api.pruning import prune_ring
 from .errors import (
     RPGBaseMismatchError,

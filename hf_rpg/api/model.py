@@ -1,4 +1,5 @@
-"""``apply_rpg`` and ``RPGModel``: a model whose targeted weights are generated from rings."""
+"""``RPGModel``, a model whose targeted weights are generated from rings, and loading one from a checkpoint
+(``apply_rpg``, in ``hf_rpg.api.apply``, makes one from a plain model)."""
 
 from __future__ import annotations
 
@@ -35,57 +36,13 @@ from .checkpoint import (
 from .config import RPGConfig
 from .hub import push_to_hub
 from .initialization import has_meta_tensors, initial_ring, materialize_meta
-from .input_checks import check_device, check_every_target_entry_matches, check_not_peft
+from .input_checks import check_device
 from .model_class import allow_missing_base_weights, check_keywords, drop_base_weights, model_class_for
-from .plan import make_plan, plan_for_layout
+from .plan import base_weights, plan_for_layout
 from .targets import FoundTarget, stored_parameter_ids, targets_from_manifest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-
-def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str | None = None) -> RPGModel:
-    """Generate the weights ``config`` targets in ``model`` from a small trainable ring.
-
-    ``model`` is changed in place (as PEFT does) and returned wrapped in an ``RPGModel``,
-    which is called exactly like it. Works on any ``nn.Module``; for a transformers
-    ``PreTrainedModel`` the task head(s) stay ordinary parameters by default.
-
-    A model built on the meta device (``with torch.device("meta"): ...``) works in replace
-    mode: its dense weights are never allocated. ``device`` then says where the rings, the
-    parameters that are not generated and the buffers are materialised (and initialised
-    by the model's own rules); ``gain="auto"`` uses the model's ``initializer_range`` (or
-    ``1/sqrt(fan_in)``) there, since there are no values to measure.
-
-    Example:
-        >>> config = RPGConfig(dof=0.1, seed=0)
-        >>> model = apply_rpg(base_model, config)
-        >>> model.print_trainable_parameters()
-    """
-    check_not_peft(model)
-    if isinstance(model, RPGModel) or any(is_generated(m) for m in model.modules()):
-        raise RPGStateError(
-            "RPG is already applied to this model; apply_rpg takes a plain model "
-            "(call merge_and_unload() first to start again from the generated weights)"
-        )
-    if not isinstance(config, RPGConfig):
-        raise RPGConfigError(f"config must be an RPGConfig, got {type(config).__name__}")
-    # The model keeps its own copy: changing the caller's config afterwards changes nothing.
-    config = copy.deepcopy(config)
-    config.validate()
-    device = check_device(device)
-    on_meta = has_meta_tensors(model)
-    targets, plan = make_plan(model, config, torch.device(device) if device is not None else None, on_meta)
-    check_every_target_entry_matches(model, config)
-    device = torch.device(device) if device is not None else None
-    fingerprint = base_fingerprint.fingerprint(_base_weights(plan, targets)) if plan.delta else None
-    wrapped = RPGModel._wrap(model, config, plan, targets, device=device)
-    wrapped._base_fingerprint = fingerprint
-    if on_meta:
-        materialize_meta(wrapped.base_model, wrapped._engine, device)
-    elif device is not None:
-        wrapped.to(device)
-    return wrapped
 
 
 class RPGModel(nn.Module):
@@ -448,12 +405,6 @@ class RPGModel(nn.Module):
 # ---------------------------------------------------------------------------- loading
 
 
-def _base_weights(plan: Plan, targets: list[FoundTarget]) -> list[tuple[str, Any, torch.Tensor, nn.Module | None]]:
-    """``(name, shape, weight, layer)`` of every target's base, what ``base_fingerprint`` samples
-    (taken before wrapping and before any sharding: saving under FSDP then needs no gather)."""
-    return [(e.name, e.shape, t.param, t.layer) for e, t in zip(plan.layout.targets, targets, strict=True)]
-
-
 def load_checkpoint(
     path_or_repo_id: str | Path,
     base_model: nn.Module | None = None,
@@ -515,7 +466,7 @@ def load_checkpoint(
     stored = stored_parameter_ids(base_model, targets, config)
     plan = plan_for_layout(base_model, config, layout, targets, target_device, stored)
     if plan.delta:
-        bases = _base_weights(plan, targets)
+        bases = base_weights(plan, targets)
         base_fingerprint.check_recorded(meta.get("base_fingerprint"), bases, str(files[CONFIG_NAME]), check_base)
     fingerprint = base_fingerprint.fingerprint(bases) if plan.delta else None
     model = RPGModel._wrap(base_model, config, plan, targets, device=target_device)

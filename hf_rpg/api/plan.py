@@ -252,3 +252,11 @@ def build_layout(
     sizes = allocate_dof(config.dof, offsets)
     ring_layouts = {name: RingLayout(name, sizes[name], offsets[name], scales[name]) for name in offsets}
     return Layout(rings=ring_layouts, targets=entries)
+
+
+def base_weights(
+    plan: Plan, targets: list[FoundTarget]
+) -> list[tuple[str, tuple[int, ...], torch.Tensor, nn.Module | None]]:
+    """``(name, shape, weight, layer)`` of every target's base, what ``base_fingerprint`` samples
+    (taken before wrapping and before any sharding: saving under FSDP then needs no gather)."""
+    return [(e.name, e.shape, t.param, t.layer) for e, t in zip(plan.layout.targets, targets, strict=True)]
