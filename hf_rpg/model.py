@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import itertools
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,7 +184,27 @@ def _lowrank_eligible(target: FoundTarget) -> bool:
 
 
 def _ranks(targets: list[FoundTarget], config: RPGConfig) -> list[int | None]:
-    """Each target's low-rank factor rank, or None for a full-rank update."""
+    """Each target's low-rank factor rank, or None for a full-rank update (``rank``, with
+    ``rank_pattern`` overriding it for the layers its keys match)."""
+    ranks = _uniform_ranks(targets, config)
+    if not config.rank_pattern:
+        return ranks
+    for i, target in enumerate(targets):
+        key = rank_pattern_key(config.rank_pattern, target.layer_name or target.name)
+        if key is not None and _lowrank_eligible(target):
+            ranks[i] = config.rank_pattern[key]
+    return ranks
+
+
+def rank_pattern_key(rank_pattern: dict[str, int], name: str) -> str | None:
+    """The first ``rank_pattern`` key matching ``name`` or a suffix of it (PEFT's rule)."""
+    for key in rank_pattern:
+        if re.match(rf"(.*\.)?({key})$", name):
+            return key
+    return None
+
+
+def _uniform_ranks(targets: list[FoundTarget], config: RPGConfig) -> list[int | None]:
     if config.rank is None or config.mode != "delta":  # replace mode generates whole weights
         return [None] * len(targets)
     eligible = [_lowrank_eligible(t) for t in targets]
@@ -584,6 +605,8 @@ class RPGModel(nn.Module):
         self._check_usable()
         if self.rpg_config.mode != "delta":
             raise RPGStateError("disable_rpg() needs mode='delta': in replace mode there is no base model to run")
+        if self.merged:
+            raise RPGStateError("the update is merged into the base weights: call unmerge_adapter() before disable_rpg()")
         engine = self._engine
         previous = engine.update_enabled
         engine.update_enabled = False
@@ -595,6 +618,26 @@ class RPGModel(nn.Module):
             engine._drop_inference_weights()
 
     disable_adapter = disable_rpg
+
+    @property
+    def merged(self) -> bool:
+        """Whether ``merge_adapter()`` wrote the update into the base weights (PEFT's ``merged``)."""
+        return self.__dict__.get("_merged_rings") is not None
+
+    def merge_adapter(self) -> None:
+        """Delta mode: add the update into the frozen base weights in place, so that forwards
+        cost what the base model's do (PEFT's ``merge_adapter``); ``unmerge_adapter()`` takes
+        it out again. Unlike ``merge_and_unload`` the model stays an RPGModel. See
+        ``hf_rpg.merging``."""
+        from .merging import merge_adapter
+
+        merge_adapter(self)
+
+    def unmerge_adapter(self) -> None:
+        """Undo ``merge_adapter()`` (the base weights come back up to floating-point rounding)."""
+        from .merging import unmerge_adapter
+
+        unmerge_adapter(self)
 
     def _apply(self, fn: Any, recurse: bool = True) -> RPGModel:
         # .to() / .half() / .cuda(): generated weights follow like the Parameters they replace;
@@ -792,6 +835,8 @@ class RPGModel(nn.Module):
         """
         self._check_usable()
         engine = self._engine
+        if self.merged:  # the base weights already hold the update
+            return self._unload({tid: engine._base(tid) for tid in range(len(self._targets))})
         with torch.no_grad():
             weights = engine.generate(list(range(len(self.layout.targets))))
             params: dict[int, nn.Parameter] = {}
@@ -822,6 +867,8 @@ class RPGModel(nn.Module):
         self._check_usable()
         if self.rpg_config.mode != "delta":
             raise RPGStateError("unload() needs mode='delta'; in replace mode use merge_and_unload()")
+        if self.merged:
+            self.unmerge_adapter()
         bases = {tid: owners[0].module._parameters[owners[0].attr] for tid, owners in enumerate(self._targets)}
         return self._unload(bases)
 
@@ -883,6 +930,7 @@ def load_checkpoint(
     force_download: bool = False,
     device: torch.device | str | None = None,
     check_base: bool = True,
+    is_trainable: bool = False,
 ) -> RPGModel:
     """Load an hf_rpg checkpoint from a local directory or a Hub repo id.
 
@@ -900,10 +948,15 @@ def load_checkpoint(
         check_base: Delta mode: refuse a base whose weights differ from the ones the update
             was trained on (``base_fingerprint``, ``RPGBaseMismatchError``). ``False`` loads
             the update onto this base anyway (a base quantized differently, say).
+        is_trainable: As in PEFT: ``False`` (the default) loads for inference, every
+            parameter frozen (rings included); ``True`` makes the ring(s) and the parameters
+            the config trains trainable again, to resume training.
 
     Returns:
         An ``RPGModel`` in eval mode. Its outputs are bit-identical to the saved model's.
     """
+    if not isinstance(is_trainable, bool):
+        raise RPGConfigError(f"is_trainable must be True or False, got {is_trainable!r}")
     if base_model is not None and (
         isinstance(base_model, RPGModel) or any(is_generated(m) for m in base_model.modules())
     ):
@@ -947,5 +1000,9 @@ def load_checkpoint(
         raise
     if device is not None and not on_meta:
         model.to(device)
+    if not is_trainable:
+        # PEFT's inference load: nothing trains until the caller asks for it
+        for param in model.parameters():
+            param.requires_grad_(False)
     model.eval()
     return model

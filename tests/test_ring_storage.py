@@ -100,7 +100,7 @@ def test_prune_ring_zeroes_the_smallest_magnitudes_and_the_weights_follow():
 def test_training_continues_from_an_int8_checkpoint(tmp_path):
     model = _model()
     model.save_pretrained(tmp_path / "q", ring_storage="int8")
-    loaded = RPGModel.from_pretrained(tmp_path / "q")
+    loaded = RPGModel.from_pretrained(tmp_path / "q", is_trainable=True)
     loaded.train()
     start = loaded.rpg_rings["default"].detach().clone()
     optimizer = torch.optim.SGD([p for p in loaded.parameters() if p.requires_grad], lr=0.1)

@@ -1,0 +1,87 @@
+"""PEFT's ``merge_adapter`` / ``unmerge_adapter`` for delta mode: the update ``ΔW`` written
+into the frozen base weights in place (forwards then cost what the base's cost), and taken
+out again.
+
+The rings are snapshotted at merge time (they are small), so ``unmerge_adapter`` subtracts
+exactly the update that was added even if a ring changed meanwhile. As in PEFT, ``W0 + ΔW
+- ΔW`` is ``W0`` up to floating-point rounding, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+
+from .errors import RPGStateError
+
+if TYPE_CHECKING:
+    from .model import RPGModel
+
+
+def _check_mergeable(model: RPGModel, verb: str) -> None:
+    model._check_usable()
+    if model.rpg_config.mode != "delta":
+        raise RPGStateError(
+            f"{verb}() needs mode='delta' (an update added to frozen base weights); in replace mode the weights are "
+            "generated whole: use merge_and_unload()"
+        )
+    additive = [model.layout.targets[t].name for t, s in enumerate(model._engine.specs) if s.serving == "additive"]
+    if additive:
+        raise RPGStateError(
+            f"{verb}() cannot write an update into quantized weights ({additive[0]!r}...): use merge_and_unload(), "
+            "which replaces those layers by dense ones"
+        )
+
+
+def _updates(model: RPGModel, rings: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """``ΔW`` of every target computed from ``rings`` (the live rings hold those values meanwhile)."""
+    engine = model._engine
+    live = {name: ring.detach().clone() for name, ring in model.rpg_rings.items()}
+    with torch.no_grad():
+        for name, ring in model.rpg_rings.items():
+            ring.copy_(rings[name])
+        try:
+            ids = list(range(len(model.layout.targets)))
+            raw = engine._raw(ids, with_base=False, pooled=False)
+            return {
+                tid: engine.lowrank_delta(tid, update) if engine.specs[tid].serving == "lowrank" else update
+                for tid, update in raw.items()
+            }
+        finally:
+            for name, ring in model.rpg_rings.items():
+                ring.copy_(live[name])
+
+
+def merge_adapter(model: RPGModel) -> None:
+    """Add the current update into the base weights; the forward then runs the base alone."""
+    _check_mergeable(model, "merge_adapter")
+    if model.merged:
+        warnings.warn("merge_adapter(): the update is already merged; nothing to do", UserWarning, stacklevel=3)
+        return
+    engine = model._engine
+    snapshot = {name: ring.detach().clone() for name, ring in model.rpg_rings.items()}
+    with torch.no_grad():
+        for tid, update in _updates(model, snapshot).items():
+            base = engine._base(tid)
+            base.copy_((base.to(update.dtype) + update.to(base.device)).to(base.dtype))
+    engine.update_enabled = False
+    engine._drop_inference_weights()
+    model._merged_rings = snapshot
+
+
+def unmerge_adapter(model: RPGModel) -> None:
+    """Take the merged update out of the base weights again (the rings as they were at merge time)."""
+    _check_mergeable(model, "unmerge_adapter")
+    if not model.merged:
+        warnings.warn("unmerge_adapter(): the update is not merged; nothing to do", UserWarning, stacklevel=3)
+        return
+    engine = model._engine
+    with torch.no_grad():
+        for tid, update in _updates(model, model._merged_rings).items():
+            base = engine._base(tid)
+            base.copy_((base.to(update.dtype) - update.to(base.device)).to(base.dtype))
+    engine.update_enabled = True
+    engine._drop_inference_weights()
+    model._merged_rings = None
