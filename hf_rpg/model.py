@@ -606,7 +606,9 @@ class RPGModel(nn.Module):
         if self.rpg_config.mode != "delta":
             raise RPGStateError("disable_rpg() needs mode='delta': in replace mode there is no base model to run")
         if self.merged:
-            raise RPGStateError("the update is merged into the base weights: call unmerge_adapter() before disable_rpg()")
+            raise RPGStateError(
+                "the update is merged into the base weights: call unmerge_adapter() before disable_rpg()"
+            )
         engine = self._engine
         previous = engine.update_enabled
         engine.update_enabled = False

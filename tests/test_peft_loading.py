@@ -62,9 +62,8 @@ def test_merge_and_unmerge_adapter_keep_the_outputs(tmp_path):
         merged_weight = model.base_model.bert.encoder.layer[0].attention.self.query._parameters["weight"]
         assert not torch.equal(merged_weight, base_weight)  # the update is in the base weight now
         torch.testing.assert_close(model_outputs(model, BATCH), expected, rtol=1e-5, atol=1e-5)
-        with pytest.raises(RPGStateError, match="unmerge_adapter"):
-            with model.disable_adapter():
-                pass
+        with pytest.raises(RPGStateError, match="unmerge_adapter"), model.disable_adapter():
+            pass
         with pytest.warns(UserWarning, match="already merged"):
             model.merge_adapter()
         model.unmerge_adapter()
@@ -87,7 +86,9 @@ def test_layers_to_transform_selects_numbered_layers():
     model = apply_rpg(make_bert_cls(), config)
     names = [t.name for t in model.layout.targets]
     assert names and all(".layer.1." in n for n in names), names
-    patterned = RPGConfig(mode="delta", dof=100, target_modules="all-linear", layers_to_transform=0, layers_pattern="layer")
+    patterned = RPGConfig(
+        mode="delta", dof=100, target_modules="all-linear", layers_to_transform=0, layers_pattern="layer"
+    )
     names = [t.name for t in apply_rpg(make_bert_cls(), patterned).layout.targets]
     assert names and all(n.startswith("bert.encoder.layer.0.") for n in names), names
     with pytest.raises(RPGTargetError, match="layers_to_transform=7"):
@@ -99,7 +100,9 @@ def test_rank_pattern_overrides_rank_per_layer():
     model = apply_rpg(make_bert_cls(), config)
     ranks = {t.name.split(".")[-2]: t.rank for t in model.layout.targets}
     assert ranks == {"query": 4, "value": 2}
-    full_but_one = RPGConfig(mode="delta", dof=100, target_modules=["query", "value"], rank_pattern={r"layer\.0\..*query": 3})
+    full_but_one = RPGConfig(
+        mode="delta", dof=100, target_modules=["query", "value"], rank_pattern={r"layer\.0\..*query": 3}
+    )
     layout = apply_rpg(make_bert_cls(), full_but_one).layout
     assert {t.name: t.rank for t in layout.targets if t.rank is not None} == {
         "bert.encoder.layer.0.attention.self.query.weight": 3
