@@ -76,7 +76,7 @@ class CheckpointModel(Protocol):
     layout: Layout
     rpg_rings: nn.ParameterDict
 
-    def dof_report(self) -> DoFReport:
+    def dof_report(self, configured: bool = False) -> DoFReport:
         """Ring DoF, trainable parameters, dense model size and compression ratio."""
 
     def is_stored(self, param: nn.Parameter, stored_ids: set[int] | None = None) -> bool:
@@ -197,7 +197,8 @@ def checkpoint_metadata(
         "mode": model.rpg_config.mode,
         "base_model": _base_model_info(model),
         "config": model.rpg_config.to_dict(),
-        "dof": model.dof_report().to_dict(),
+        # what the config trains, also for a model loaded frozen for inference (is_trainable=False)
+        "dof": model.dof_report(configured=True).to_dict(),
         "files": {WEIGHTS_NAME: {"sha256": weights_sha256, "bytes": weights_bytes}},
         **storage,
         "manifest": model.layout.to_dict(),

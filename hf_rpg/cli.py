@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import RPGError
-from .report import percent, size_ratio
+from .report import all_parameters, percent, size_ratio, trainable_percent
 from .ring_storage import describe
 from .version import __version__
 
@@ -90,7 +90,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     generated = sum(r["elements"] for r in manifest["rings"])
     weights_bytes = files[WEIGHTS_NAME].stat().st_size
     full_report = {"trainable", "model_parameters", "ring_fraction"} <= set(dof)
-    of_model = f", {percent(dof['ring_fraction'])} of the model" if full_report else ""
+    total = all_parameters(dof["model_parameters"], ring_dof, meta["config"]["mode"]) if full_report else 0
+    of_model = f", {percent(ring_dof / max(1, total))} of all {total:,} parameters" if full_report else ""
     lines = [
         f"checkpoint: {args.checkpoint}",
         f"mode: {meta['config']['mode']}    generator: {meta['generator']}    hf_rpg: {meta.get('hf_rpg_version')}",
@@ -110,7 +111,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         else:
             versus = f"weights file {size_ratio(max(1, weights_bytes), max(1, dense_bytes))} the dense fp32 weights"
         lines += [
-            f"trainable: {dof['trainable']:,}    dense model: {dof['model_parameters']:,} parameters "
+            f"trainable: {dof['trainable']:,} ({trainable_percent(dof['trainable'] / max(1, total))}%)    "
+            f"dense model: {dof['model_parameters']:,} parameters "
             f"({dense_bytes:,} bytes in fp32)    {versus}"
         ]
     if args.targets:

@@ -352,11 +352,6 @@ class RPGConfig:
                 f"rank_pattern must be None or a non-empty dict of module-name pattern -> rank (a positive int), "
                 f"got {_describe(pattern)}"
             )
-        if self.mode != "delta":
-            raise RPGConfigError(
-                f"rank_pattern={pattern!r} applies to mode='delta' (low-rank updates); mode='replace' generates "
-                "whole weights: use rank_pattern=None"
-            )
         checked = {}
         for key, rank in pattern.items():
             if not isinstance(key, str) or not key:
@@ -369,6 +364,11 @@ class RPGConfig:
             if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
                 raise RPGConfigError(f"rank_pattern[{key!r}] must be a positive int (a rank), got {_describe(rank)}")
             checked[key] = rank
+        if self.mode != "delta":
+            raise RPGConfigError(
+                f"rank_pattern={pattern!r} applies to mode='delta' (low-rank updates); mode='replace' generates "
+                "whole weights: use rank_pattern=None"
+            )
         self.rank_pattern = checked
 
     def _validate_gain(self) -> None:

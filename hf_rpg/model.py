@@ -734,9 +734,15 @@ class RPGModel(nn.Module):
             if not self.is_stored(param, stored)
         }
 
-    def dof_report(self) -> DoFReport:
-        """Ring DoF, trainable parameters, dense model size and compression ratio."""
+    def dof_report(self, configured: bool = False) -> DoFReport:
+        """Ring DoF, trainable parameters, dense model size and compression ratio.
+
+        ``configured=True`` counts as trainable what the config trains (the rings and the
+        parameters chosen when RPG was applied) whatever ``requires_grad`` says now, e.g. on
+        a model loaded frozen for inference; checkpoints and their cards record that count.
+        """
         bases = self._delta_base_ids()
+        chosen = {id(p) for n, p in self.base_model.named_parameters(remove_duplicate=False) if n in self._stored_names}
         stored = self.stored_parameter_ids()
         other_trainable = frozen = others = saved = 0
         for param in self.base_model.parameters():
@@ -745,7 +751,7 @@ class RPGModel(nn.Module):
                 frozen += n
                 continue
             others += n
-            if param.requires_grad:
+            if (id(param) in chosen) if configured else param.requires_grad:
                 other_trainable += n
             else:
                 frozen += n
@@ -753,7 +759,7 @@ class RPGModel(nn.Module):
                 saved += n
         rings = {name: ring.numel() for name, ring in self.rpg_rings.items()}
         ring_dof = sum(rings.values())
-        trainable_rings = sum(r.numel() for r in self.rpg_rings.values() if r.requires_grad)
+        trainable_rings = sum(r.numel() for r in self.rpg_rings.values() if configured or r.requires_grad)
         return DoFReport(
             ring_dof=ring_dof,
             rings=rings,

@@ -41,7 +41,7 @@ def test_round_trip_and_bytes(tmp_path, storage):
     assert meta["ring_storage"]["default"]["format"] == storage
     assert "ring_storage" not in json.loads((tmp_path / "plain" / CONFIG).read_text())
 
-    loaded = RPGModel.from_pretrained(tmp_path / storage)
+    loaded = RPGModel.from_pretrained(tmp_path / storage, is_trainable=True)
     ring, back = model.rpg_rings["default"].detach(), loaded.rpg_rings["default"]
     assert back.dtype == ring.dtype and back.requires_grad
     if storage in ("float32", "sparse"):
