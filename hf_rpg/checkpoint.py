@@ -39,6 +39,7 @@ from torch import nn
 
 from . import base_fingerprint, dtype_record, save_checks
 from .atomic import BACKUP_DIR, leftover_staging_dirs, write_directory_atomically
+from .base_reference import portable_base_model
 from .card import is_generated_card, model_card_text
 from .config import RPGConfig
 from .errors import RPGCheckpointError, RPGManifestMismatchError
@@ -367,6 +368,7 @@ def save_checkpoint(
             metadata[CONFIG_JSON_KEY] = config_json_digest(content)
         save_file(tensors, weights, metadata=metadata)
         meta = checkpoint_metadata(model, _sha256(weights), weights.stat().st_size, storage, record)
+        meta["base_model"] = portable_base_model(meta["base_model"], real, mode=model.rpg_config.mode)
         if write_card:
             (staging / CARD_NAME).write_text(model_card_text(meta, **(card_info or {})), encoding="utf-8")
             names.append(CARD_NAME)

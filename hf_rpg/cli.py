@@ -199,11 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the extra "examples" installs (pyproject.toml): demo and sweep need it, the core does not.
+EXAMPLES_EXTRA_MODULES = frozenset({"datasets", "evaluate", "sklearn", "matplotlib", "tqdm", "pyarrow"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``hf-rpg``: errors are one line on stderr and exit status 1."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] not in EXAMPLES_EXTRA_MODULES:
+            raise
+        print(
+            f"hf-rpg {args.command}: error: {err.name} is not installed: hf-rpg {args.command} needs the examples "
+            "extra (pip install 'hf_rpg[examples]')",
+            file=sys.stderr,
+        )
+        return 1
     except (RPGError, OSError, ValueError) as err:
         print(f"hf-rpg {args.command}: error: {err}", file=sys.stderr)
         return 1

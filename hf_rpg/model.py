@@ -18,6 +18,7 @@ from torch import nn
 
 from . import base_fingerprint, dtype_record
 from .base_model import build_base_model
+from .base_reference import resolve_base_reference
 from .checkpoint import (
     RING_PREFIX,
     check_model_binding,
@@ -948,7 +949,7 @@ def load_checkpoint(
             cannot be rebuilt from ``config.json`` (a custom ``nn.Module``), or to reuse
             an already loaded base in delta mode.
         revision, cache_dir, token, local_files_only, force_download: Hub options, as in
-            ``huggingface_hub.hf_hub_download``.
+            ``huggingface_hub.snapshot_download``.
         device: Where a replace-mode model rebuilt from ``config.json`` is materialised
             (``"cpu"`` by default). It is built on the meta device and only what the
             checkpoint stores (rings, parameters that are not generated, buffers) is
@@ -984,6 +985,9 @@ def load_checkpoint(
     check_weights_file(files[WEIGHTS_NAME], meta)
     check_model_binding(files[WEIGHTS_NAME], meta, files.get(MODEL_CONFIG_NAME) if base_model is None else None)
     if base_model is None:
+        base = meta.get("base_model")
+        if isinstance(base, dict):  # a path recorded relative to the checkpoint directory
+            base["name_or_path"] = resolve_base_reference(base.get("name_or_path"), files[CONFIG_NAME].parent)
         base_model = build_base_model(meta, config, files.get(MODEL_CONFIG_NAME), hub_kwargs)
         if meta.get("dtypes") is not None:  # whatever built the model that was saved
             dtype_record.restore(base_model, meta["dtypes"])
