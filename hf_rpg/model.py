@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import base_fingerprint, dtype_record
+from .adapters import check_adapter_name, rename_default
 from .base_model import build_base_model
 from .base_reference import resolve_base_reference
 from .checkpoint import (
@@ -47,7 +48,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
-def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str | None = None) -> RPGModel:
+def apply_rpg(
+    model: nn.Module, config: RPGConfig, *, device: torch.device | str | None = None, adapter_name: str = "default"
+) -> RPGModel:
     """Generate the weights ``config`` targets in ``model`` from a small trainable ring.
 
     ``model`` is changed in place (as PEFT does) and returned wrapped in an ``RPGModel``,
@@ -60,12 +63,16 @@ def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str
     by the model's own rules); ``gain="auto"`` uses the model's ``initializer_range`` (or
     ``1/sqrt(fan_in)``) there, since there are no values to measure.
 
+    ``adapter_name`` names this first adapter (delta mode: ``add_adapter`` adds others,
+    see ``hf_rpg.adapters``).
+
     Example:
         >>> config = RPGConfig(dof=0.1, seed=0)
         >>> model = apply_rpg(base_model, config)
         >>> model.print_trainable_parameters()
     """
     check_not_peft(model)
+    check_adapter_name(adapter_name)
     if isinstance(model, RPGModel) or any(is_generated(m) for m in model.modules()):
         raise RPGStateError(
             "RPG is already applied to this model; apply_rpg takes a plain model "
@@ -92,6 +99,7 @@ def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str
     fingerprint = _fingerprint(layout, targets) if config.mode == "delta" else None
     wrapped = RPGModel._wrap(model, config, layout, targets, ring_init, device=device)
     wrapped._base_fingerprint = fingerprint
+    rename_default(wrapped, adapter_name)
     if on_meta:
         wrapped._materialize_meta(device)
     elif device is not None:
@@ -576,8 +584,19 @@ class RPGModel(nn.Module):
 
     # ------------------------------------------------------------------ calling
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the wrapped model with its generated weights (same inputs and outputs)."""
+    def forward(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
+        """Run the wrapped model with its generated weights (same inputs and outputs).
+
+        ``adapter_names`` (delta mode, inference): one adapter name per sample, as PEFT's
+        LoRA takes it (``"__base__"``: the base model alone); see ``hf_rpg.adapters``.
+        """
+        if adapter_names is not None:
+            from .adapters import forward_mixed
+
+            return forward_mixed(self, adapter_names, args, kwargs)
+        return self._forward_active(*args, **kwargs)
+
+    def _forward_active(self, *args: Any, **kwargs: Any) -> Any:
         self._check_usable()
         self._engine.begin_forward()
         return self.base_model(*args, **kwargs)
@@ -621,6 +640,65 @@ class RPGModel(nn.Module):
             engine._drop_inference_weights()
 
     disable_adapter = disable_rpg
+
+    # ------------------------------------------------------------------ named adapters (hf_rpg.adapters)
+
+    @property
+    def active_adapter(self) -> str:
+        """The name of the adapter the model runs (``"default"`` unless named otherwise)."""
+        from .adapters import active_adapter
+
+        return active_adapter(self)
+
+    @property
+    def active_adapters(self) -> list[str]:
+        """``[active_adapter]``: one adapter runs at a time (mixed batches aside)."""
+        return [self.active_adapter]
+
+    @property
+    def adapters(self) -> dict[str, RPGConfig]:
+        """Adapter name -> its ``RPGConfig`` (PEFT's ``peft_config``)."""
+        from .adapters import state
+
+        return dict(state(self).configs)
+
+    def add_adapter(self, adapter_name: str, config: RPGConfig) -> None:
+        """Delta mode: a new adapter (PEFT's verb) on the same frozen base, its ring at zero,
+        not activated. Its config must give the same layout as the model's (targets, DoF,
+        seed...). See ``hf_rpg.adapters``."""
+        from .adapters import add_adapter
+
+        add_adapter(self, adapter_name, config)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` active: its ring values are copied into the model's ring
+        Parameters in place (no new Parameters: a compiled model does not recompile)."""
+        from .adapters import set_adapter
+
+        set_adapter(self, adapter_name)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter (deleting the active one activates another)."""
+        from .adapters import delete_adapter
+
+        delete_adapter(self, adapter_name)
+
+    def load_adapter(
+        self, path_or_repo_id: str | Path, adapter_name: str, *, hotswap: bool = False, **hub_kwargs: Any
+    ) -> None:
+        """Load a delta checkpoint of this base as adapter ``adapter_name`` (PEFT's verb);
+        ``hotswap=True`` replaces an existing adapter's values in place. ``hub_kwargs``:
+        ``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``force_download``."""
+        from .adapters import load_adapter
+
+        load_adapter(self, path_or_repo_id, adapter_name, hotswap=hotswap, **hub_kwargs)
+
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
+        """A new adapter whose update is exactly ``Σ wᵢ ΔWᵢ`` of the given adapters (PEFT's
+        ``combination_type="linear"``); its trained heads are those of ``adapters[0]``."""
+        from .adapters import add_weighted_adapter
+
+        add_weighted_adapter(self, adapters, weights, adapter_name)
 
     @property
     def merged(self) -> bool:
@@ -695,7 +773,8 @@ class RPGModel(nn.Module):
         targets; the low-rank update made dense here, in the layout of the layer's weight)."""
         for tid, entry in enumerate(self.layout.targets):
             tensor = self._engine.tensor(tid)
-            if self._engine.specs[tid].serving == "lowrank":
+            # inside disable_rpg() the tensor is the base weight itself, not a low-rank factor
+            if self._engine.specs[tid].serving == "lowrank" and self._engine.update_enabled:
                 tensor = self._engine.lowrank_delta(tid, tensor)
             yield entry.name, tensor
 
@@ -796,6 +875,16 @@ class RPGModel(nn.Module):
         """
         self._check_usable()
         _check_keywords("save_pretrained", kwargs, save_checkpoint, skip=2)
+        adapters = self.__dict__.get("_adapter_state")
+        if adapters is not None and len(adapters.configs) > 1:
+            from .adapters import save_adapters
+
+            # PEFT's layout: "default" at the root, the others in subfolders named after them
+            save_adapters(self, save_directory, self._save_active, **kwargs)
+            return
+        self._save_active(save_directory, **kwargs)
+
+    def _save_active(self, save_directory: str | Path, **kwargs: Any) -> None:
         if kwargs.get("state_dict") is None:
             gathered = self._gathered_for_saving()
             if gathered is not None:
@@ -940,6 +1029,7 @@ def load_checkpoint(
     device: torch.device | str | None = None,
     check_base: bool = True,
     is_trainable: bool = False,
+    adapter_name: str = "default",
 ) -> RPGModel:
     """Load an hf_rpg checkpoint from a local directory or a Hub repo id.
 
@@ -960,12 +1050,15 @@ def load_checkpoint(
         is_trainable: As in PEFT: ``False`` (the default) loads for inference, every
             parameter frozen (rings included); ``True`` makes the ring(s) and the parameters
             the config trains trainable again, to resume training.
+        adapter_name: The name of the loaded adapter (delta mode: ``load_adapter`` adds
+            others; ``hf_rpg.adapters``).
 
     Returns:
         An ``RPGModel`` in eval mode. Its outputs are bit-identical to the saved model's.
     """
     if not isinstance(is_trainable, bool):
         raise RPGConfigError(f"is_trainable must be True or False, got {is_trainable!r}")
+    check_adapter_name(adapter_name)
     if base_model is not None and (
         isinstance(base_model, RPGModel) or any(is_generated(m) for m in base_model.modules())
     ):
@@ -1012,6 +1105,7 @@ def load_checkpoint(
         raise
     if device is not None and not on_meta:
         model.to(device)
+    rename_default(model, adapter_name)
     if not is_trainable:
         # PEFT's inference load: nothing trains until the caller asks for it
         for param in model.parameters():
