@@ -395,6 +395,14 @@ class RPGConfig:
             self.gain = float(gain)
 
     @property
+    def peft_type(self) -> Any:
+        """Not a PEFT method: PEFT's ``get_peft_model`` reads this and gets a clear error naming
+        ``apply_rpg`` (``hf_rpg.peft_integration`` says why)."""
+        from .peft_integration import not_a_peft_config
+
+        raise not_a_peft_config()
+
+    @property
     def torch_ring_dtype(self):
         """``ring_dtype`` as a ``torch.dtype``."""
         import torch

@@ -40,6 +40,7 @@ from .lowrank import LOWRANK_KINDS, features
 from .manifest import Layout, TargetLayout, assign_rings, build_layout
 from .metadata import binding_digest
 from .parametrize import GeneratedSource, attach, detach, is_generated, original_class
+from .peft_integration import mixin_replacement
 from .quantized import additive_layer_supported, dequantize, is_distributed_tensor, quantization_of
 from .report import DoFReport
 from .targets import FoundTarget, Owner, fans, find_targets, matches, tensor_std, trainable_heads
@@ -607,7 +608,10 @@ class RPGModel(nn.Module):
         except AttributeError:
             if name in {"base_model", "_modules", "_parameters", "_buffers"}:
                 raise
-            return getattr(self.base_model, name)
+            base = self.base_model
+            # transformers' PEFT mixin methods do not see the rings: point to hf_rpg's verbs instead
+            refuse = mixin_replacement(name, base)
+            return refuse if refuse is not None else getattr(base, name)
 
     def _check_usable(self) -> None:
         if self._unloaded:
