@@ -23,15 +23,16 @@ import copy
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 
 from .config import RING_NAME_PATTERN, RPGConfig
 from .errors import RPGBaseMismatchError, RPGConfigError, RPGManifestMismatchError, RPGStateError
 
-if TYPE_CHECKING:
-    from .model import RPGModel
+# Functions here take an RPGModel (hf_rpg.model imports this module, so it is not imported back).
+RPGModel = nn.Module
 
 DEFAULT_ADAPTER = "default"
 # adapter_names entry meaning "no ring update" in a mixed batch (PEFT's keyword). The trained
@@ -62,6 +63,7 @@ def state(model: RPGModel) -> AdapterState:
 
 
 def check_adapter_name(name: Any, parameter: str = "adapter_name") -> str:
+    """``name`` when it can name an adapter (and its checkpoint subfolder); else ``RPGConfigError``."""
     if not isinstance(name, str) or not RING_NAME_PATTERN.fullmatch(name):
         raise RPGConfigError(
             f"{parameter} must be 1-64 characters of letters, digits, '_' or '-' (it names a checkpoint subfolder), "
@@ -116,6 +118,7 @@ def _check_same_layout(model: RPGModel, name: str, config: RPGConfig) -> None:
 
 
 def active_adapter(model: RPGModel) -> str:
+    """The name of the adapter ``model`` runs."""
     return state(model).active
 
 

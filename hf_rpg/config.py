@@ -453,11 +453,16 @@ class RPGConfig:
         """The config of a checkpoint written by ``RPGModel.save_pretrained``: a local
         directory or a Hub repo id (PEFT's ``PeftConfig.from_pretrained``). ``hub_kwargs``:
         ``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``force_download``."""
-        from .checkpoint import read_metadata
-        from .files import CONFIG_NAME, resolve_checkpoint_files
+        # hf_rpg.checkpoint imports this module: the file is read and checked here directly
+        from .files import CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
+        from .metadata import check_metadata
 
         files = resolve_checkpoint_files(path_or_repo_id, **hub_kwargs)
-        meta = read_metadata(files[CONFIG_NAME])
+        try:
+            data = json.loads(files[CONFIG_NAME].read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as err:
+            raise RPGConfigError(f"{files[CONFIG_NAME]} is not a readable JSON file: {err}") from None
+        meta = check_metadata(data, str(files[CONFIG_NAME]), weights_name=WEIGHTS_NAME)
         try:
             return cls.from_dict(meta["config"])
         except RPGConfigError as err:

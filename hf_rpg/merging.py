@@ -10,14 +10,14 @@ exactly the update that was added even if a ring changed meanwhile. As in PEFT, 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from .errors import RPGStateError
 
-if TYPE_CHECKING:
-    from .model import RPGModel
+# Functions here take an RPGModel (hf_rpg.model imports this module, so it is not imported back).
+RPGModel = nn.Module
 
 
 def _check_mergeable(model: RPGModel, verb: str) -> None:
