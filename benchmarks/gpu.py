@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from hf_rpg import RPGConfig, apply_rpg, index_kernels
+from hf_rpg import RPGConfig, RPGModel, apply_rpg
+from hf_rpg.spec import index_kernels
 from hf_rpg.spec.generator import build_signed_index, derive_key
 
 transformers.logging.set_verbosity_error()
@@ -115,12 +116,11 @@ def _case(name: str, settings: dict, device: torch.device) -> tuple[torch.nn.Mod
         rank = "auto" if "low-rank" in name else None
         size = _lora_size(model, targets)
         model = apply_rpg(model, RPGConfig(mode="delta", dof=size, rank=rank, seed=0, target_modules=targets))
-    engine = getattr(model, "_engine", None)
-    if engine is not None:
+    if isinstance(model, RPGModel):  # the public plan says how the weights are generated
         ring = next(iter(model.rpg_rings.values()))
         info["generated"] = model.layout.generated_elements
-        info["index_cache"] = engine.cache_indices
-        info["kernels"] = _path(engine.cache_indices, ring.device)
+        info["index_cache"] = model.plan.cache_indices
+        info["kernels"] = _path(model.plan.cache_indices, ring.device)
     info["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, info
 

@@ -25,16 +25,32 @@ silent switch to the Hub. All loaders return ``datasets.DatasetDict`` objects wi
 from __future__ import annotations
 
 import gzip
+import importlib
 import importlib.resources
 import os
 import struct
 from pathlib import Path
+from types import ModuleType
 
-import datasets
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
+
+
+class _OnFirstUse:
+    """A module imported when first used: datasets and pyarrow come with the extra "examples",
+    and importing hf_rpg's CLI (``hf-rpg info`` on a lean install) must not need them."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> object:
+        module: ModuleType = importlib.import_module(self._name)
+        return getattr(module, attr)
+
+
+datasets = _OnFirstUse("datasets")
+pa = _OnFirstUse("pyarrow")
 
 RT_POLARITY_ENV = "HF_RPG_RT_POLARITY_DIR"
 FASHION_MNIST_ENV = "HF_RPG_FASHION_MNIST_DIR"

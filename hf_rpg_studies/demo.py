@@ -17,7 +17,7 @@ from torch import nn
 
 from hf_rpg import DoFReport, RPGConfig, apply_rpg
 from hf_rpg.api.checkpoint import checkpoint_bytes
-from hf_rpg.format.report import size_ratio
+from hf_rpg.format.report import size_ratio, trainable_percent
 
 from .data import DIGITS_TEST_SIZE, image_tensors, load_digits
 
@@ -150,7 +150,7 @@ class DemoResult:
                 f"{'rpg':>6} {self.rpg_accuracy:>9.4f} {r.trainable:>10,} {self.rpg_bytes:>17,} "
                 f"{self.rpg_seconds:>8.1f}",
                 f"ring DoF {r.ring_dof:,} ({r.dof_fraction:.1%} of the generated weights, {r.ring_fraction:.1%} "
-                f"of the model), all trainable {r.trainable_fraction:.1%}; checkpoint "
+                f"of all parameters), trainable {trainable_percent(r.trainable_fraction)}%; checkpoint "
                 f"{size_ratio(self.rpg_bytes, self.dense_bytes)} dense",
             ]
         )

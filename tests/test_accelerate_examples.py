@@ -124,7 +124,8 @@ def test_text_example_delta(text_example, minilm, rt_dir, tmp_path, capsys):
     results = text_example.main(argv)
     assert "rpg: accuracy" in capsys.readouterr().out
     meta = _check_checkpoint(tmp_path / "rpg")
-    assert meta["mode"] == "delta" and meta["base_model"]["name_or_path"] == minilm
+    recorded = meta["base_model"]["name_or_path"]  # relative to the checkpoint, never an absolute local path
+    assert meta["mode"] == "delta" and (tmp_path / "rpg" / recorded).resolve() == Path(minilm).resolve()
     # delta: the ring (1% of the weights) and the head only; the 22.7M base weights stay out
     with safe_open(str(tmp_path / "rpg" / "rpg_model.safetensors"), "pt") as handle:
         assert set(handle.keys()) == {"rpg_rings.default", "classifier.weight", "classifier.bias"}

@@ -101,6 +101,18 @@ FIELD_CASES = {
         (["main"], r"revision must be a non-empty string or None, got \['main'\] \(list\)"),
         ("", r"revision must be a non-empty string or None, got ''"),
     ),
+    "layers_to_transform": (
+        ("1", r"layers_to_transform must be a layer number \(an int >= 0\), a non-empty list of them, .*got '1'"),
+        (-1, r"layers_to_transform must be a layer number .* got -1"),
+    ),
+    "layers_pattern": (
+        (7, r"layers_pattern must be a regex string, a list of strings or None, got 7 \(int\)"),
+        ([""], r"layers_pattern entries must be non-empty strings, got '' \(str\)"),
+    ),
+    "rank_pattern": (
+        (["q_proj"], r"rank_pattern must be None or a non-empty dict of module-name pattern -> .* got \['q_proj'\]"),
+        ({"q_proj": 0}, r"rank_pattern\['q_proj'\] must be a positive int \(a rank\), got 0"),
+    ),
 }
 
 

@@ -27,7 +27,10 @@ def test_info_prints_dof_sizes_generator_targets_and_mode(tmp_path, capsys):
     assert "mode: replace" in out and "generator: rpg-v1" in out
     assert f"ring DoF: {model.dof_report().ring_dof:,}" in out
     report = model.dof_report()
-    assert f"({report.dof_fraction:.2%} of the generated elements, {report.ring_fraction:.2%} of the model)" in out
+    assert (
+        f"({report.dof_fraction:.2%} of the generated elements, {report.ring_fraction:.2%} of all "
+        f"{report.all_parameters:,} parameters)"
+    ) in out
     assert "smaller than the dense fp32 weights" in out
     assert "bert.encoder.layer.0.attention.self.query.weight" in out
     assert "architecture: BertForSequenceClassification" in out

@@ -89,12 +89,16 @@ def test_delta_card_names_the_base_model(fake_hub, tmp_path):
     from transformers import BertForSequenceClassification
 
     model = apply_rpg(BertForSequenceClassification.from_pretrained(base_dir), RPGConfig(mode="delta", dof=100))
-    model.push_to_hub("someone/bert-delta")
+    with pytest.warns(UserWarning, match="is a local folder"):
+        model.push_to_hub("someone/bert-delta")
     folder = fake_hub["upload_folder"][0]["folder"]
     meta = _front_matter((folder / "README.md").read_text())
-    assert meta["base_model"] == str(base_dir)
+    # a local folder is no base model on the Hub: neither the card nor rpg_config.json holds its absolute path
+    assert "base_model" not in meta
     assert "rpg-delta" in meta["tags"]
-    assert json.loads((folder / "rpg_config.json").read_text())["base_model"]["name_or_path"] == str(base_dir)
+    recorded = json.loads((folder / "rpg_config.json").read_text())["base_model"]["name_or_path"]
+    assert recorded.startswith("../") and recorded.endswith("/base") and str(tmp_path) not in recorded
+    assert str(base_dir) not in (folder / "README.md").read_text()
 
 
 def test_cli_push_uploads_a_checkpoint_directory(fake_hub, tmp_path, capsys):

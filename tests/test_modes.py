@@ -47,11 +47,12 @@ def test_delta_checkpoint_records_base_and_loads_both_ways(tmp_path):
     batch = _batch()
     train_steps(model, batch, steps=5)
     expected = model_outputs(model, batch)
-    model.save_pretrained(tmp_path / "delta")
+    with pytest.warns(UserWarning, match="is a local folder: the checkpoint records it as '../base'"):
+        model.save_pretrained(tmp_path / "delta")
     import json
 
     meta = json.loads((tmp_path / "delta" / "rpg_config.json").read_text())
-    assert meta["base_model"]["name_or_path"] == str(base_dir)
+    assert meta["base_model"]["name_or_path"] == "../base"  # never an absolute local path: relative to the checkpoint
     weights = (tmp_path / "delta" / "rpg_model.safetensors").stat().st_size
     assert weights < 4 * (300 + 32 * 3 + 3) + 64 * 1024
     from safetensors import safe_open

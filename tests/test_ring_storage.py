@@ -41,7 +41,7 @@ def test_round_trip_and_bytes(tmp_path, storage):
     assert meta["ring_storage"]["default"]["format"] == storage
     assert "ring_storage" not in json.loads((tmp_path / "plain" / CONFIG).read_text())
 
-    loaded = RPGModel.from_pretrained(tmp_path / storage)
+    loaded = RPGModel.from_pretrained(tmp_path / storage, is_trainable=True)
     ring, back = model.rpg_rings["default"].detach(), loaded.rpg_rings["default"]
     assert back.dtype == ring.dtype and back.requires_grad
     if storage in ("float32", "sparse"):
@@ -100,7 +100,7 @@ def test_prune_ring_zeroes_the_smallest_magnitudes_and_the_weights_follow():
 def test_training_continues_from_an_int8_checkpoint(tmp_path):
     model = _model()
     model.save_pretrained(tmp_path / "q", ring_storage="int8")
-    loaded = RPGModel.from_pretrained(tmp_path / "q")
+    loaded = RPGModel.from_pretrained(tmp_path / "q", is_trainable=True)
     loaded.train()
     start = loaded.rpg_rings["default"].detach().clone()
     optimizer = torch.optim.SGD([p for p in loaded.parameters() if p.requires_grad], lr=0.1)

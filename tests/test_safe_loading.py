@@ -19,6 +19,7 @@ from test_checkpoint import populate_hub_cache
 
 import hf_rpg
 import hf_rpg.format.files
+import hf_rpg.format.hub_resolve
 from hf_rpg import RPGCheckpointError, RPGConfig, RPGModel, apply_rpg
 from hf_rpg.format.files import CHECKPOINT_FILES
 
@@ -137,13 +138,13 @@ def test_hub_load_requests_only_json_and_safetensors(tmp_path, forbid_unpickling
     (tmp_path / "ckpt" / "pytorch_model.bin").write_bytes(b"not for loading")
     populate_hub_cache(tmp_path / "hub", "someone/tiny", tmp_path / "ckpt")
     requested = []
-    real = hf_rpg.format.files.hf_hub_download
+    real = hf_rpg.format.hub_resolve.snapshot_download
 
-    def recording(repo_id, filename, **kwargs):
-        requested.append(filename)
-        return real(repo_id, filename, **kwargs)
+    def recording(repo_id, **kwargs):
+        requested.extend(kwargs["allow_patterns"])
+        return real(repo_id, **kwargs)
 
-    monkeypatch.setattr(hf_rpg.format.files, "hf_hub_download", recording)
+    monkeypatch.setattr(hf_rpg.format.hub_resolve, "snapshot_download", recording)
     loaded = RPGModel.from_pretrained("someone/tiny", cache_dir=tmp_path / "hub")
     assert torch.equal(model_outputs(loaded, BATCH), model_outputs(model, BATCH))
     assert requested and set(requested) <= set(CHECKPOINT_FILES)

@@ -10,6 +10,7 @@ from torch import nn
 from ..errors import RPGConfigError, RPGStateError
 from ..runtime import base_fingerprint
 from ..runtime.parametrize import is_generated
+from .adapters import check_adapter_name, rename_default
 from .config import RPGConfig
 from .initialization import has_meta_tensors, materialize_meta
 from .input_checks import check_device, check_every_target_entry_matches, check_not_peft
@@ -17,7 +18,9 @@ from .model import RPGModel
 from .plan import base_weights, make_plan
 
 
-def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str | None = None) -> RPGModel:
+def apply_rpg(
+    model: nn.Module, config: RPGConfig, *, device: torch.device | str | None = None, adapter_name: str = "default"
+) -> RPGModel:
     """Generate the weights ``config`` targets in ``model`` from a small trainable ring.
 
     ``model`` is changed in place (as PEFT does) and returned wrapped in an ``RPGModel``,
@@ -30,12 +33,16 @@ def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str
     by the model's own rules); ``gain="auto"`` uses the model's ``initializer_range`` (or
     ``1/sqrt(fan_in)``) there, since there are no values to measure.
 
+    ``adapter_name`` names this first adapter (delta mode: ``add_adapter`` adds others,
+    see ``hf_rpg.api.adapters``).
+
     Example:
         >>> config = RPGConfig(dof=0.1, seed=0)
         >>> model = apply_rpg(base_model, config)
         >>> model.print_trainable_parameters()
     """
     check_not_peft(model)
+    check_adapter_name(adapter_name)
     if isinstance(model, RPGModel) or any(is_generated(m) for m in model.modules()):
         raise RPGStateError(
             "RPG is already applied to this model; apply_rpg takes a plain model "
@@ -54,6 +61,7 @@ def apply_rpg(model: nn.Module, config: RPGConfig, *, device: torch.device | str
     fingerprint = base_fingerprint.fingerprint(base_weights(plan, targets)) if plan.delta else None
     wrapped = RPGModel._wrap(model, config, plan, targets, device=device)
     wrapped._base_fingerprint = fingerprint
+    rename_default(wrapped, adapter_name)
     if on_meta:
         materialize_meta(wrapped.base_model, wrapped._engine, device)
     elif device is not None:

@@ -40,6 +40,7 @@ from torch import nn
 from ..errors import RPGCheckpointError, RPGManifestMismatchError
 from ..format import dtype_record, save_checks
 from ..format.atomic import BACKUP_DIR, leftover_staging_dirs, write_directory_atomically
+from ..format.base_reference import portable_base_model
 from ..format.card import is_generated_card, model_card_text
 from ..format.files import CARD_NAME, CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME
 from ..format.manifest import Layout
@@ -81,7 +82,7 @@ class CheckpointModel(Protocol):
     def plan(self) -> Plan:
         """The per-target plan (``plan.delta``: the checkpoint is an update of a base model)."""
 
-    def dof_report(self) -> DoFReport:
+    def dof_report(self, configured: bool = False) -> DoFReport:
         """Ring DoF, trainable parameters, dense model size and compression ratio."""
 
     def is_stored(self, param: nn.Parameter, stored_ids: set[int] | None = None) -> bool:
@@ -202,7 +203,8 @@ def checkpoint_metadata(
         "mode": model.rpg_config.mode,
         "base_model": _base_model_info(model),
         "config": model.rpg_config.to_dict(),
-        "dof": model.dof_report().to_dict(),
+        # what the config trains, also for a model loaded frozen for inference (is_trainable=False)
+        "dof": model.dof_report(configured=True).to_dict(),
         "files": {WEIGHTS_NAME: {"sha256": weights_sha256, "bytes": weights_bytes}},
         **storage,
         "manifest": model.layout.to_dict(),
@@ -371,6 +373,7 @@ def save_checkpoint(
             metadata[CONFIG_JSON_KEY] = config_json_digest(content)
         save_file(tensors, weights, metadata=metadata)
         meta = checkpoint_metadata(model, _sha256(weights), weights.stat().st_size, storage, record)
+        meta["base_model"] = portable_base_model(meta["base_model"], real, mode=model.rpg_config.mode)
         if write_card:
             (staging / CARD_NAME).write_text(model_card_text(meta, **(card_info or {})), encoding="utf-8")
             names.append(CARD_NAME)

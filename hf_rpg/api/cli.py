@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RPGError
-from ..format.report import percent, size_ratio
+from ..format.report import all_parameters, percent, size_ratio, trainable_percent
 from ..format.ring_storage import storage_summary
 from ..version import __version__
 
@@ -103,7 +103,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     generated = sum(r["elements"] for r in manifest["rings"])
     weights_bytes = files[WEIGHTS_NAME].stat().st_size
     full_report = {"trainable", "model_parameters", "ring_fraction"} <= set(dof)
-    of_model = f", {percent(dof['ring_fraction'])} of the model" if full_report else ""
+    total = all_parameters(dof["model_parameters"], ring_dof, meta["config"]["mode"]) if full_report else 0
+    of_model = f", {percent(ring_dof / max(1, total))} of all {total:,} parameters" if full_report else ""
     lines = [
         f"checkpoint: {args.checkpoint}",
         f"mode: {meta['config']['mode']}    generator: {meta['generator']}    hf_rpg: {meta.get('hf_rpg_version')}",
@@ -123,7 +124,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         else:
             versus = f"weights file {size_ratio(max(1, weights_bytes), max(1, dense_bytes))} the dense fp32 weights"
         lines += [
-            f"trainable: {dof['trainable']:,}    dense model: {dof['model_parameters']:,} parameters "
+            f"trainable: {dof['trainable']:,} ({trainable_percent(dof['trainable'] / max(1, total))}%)    "
+            f"dense model: {dof['model_parameters']:,} parameters "
             f"({dense_bytes:,} bytes in fp32)    {versus}"
         ]
     if args.targets:
@@ -211,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the extra "examples" installs (pyproject.toml): demo and sweep need it, the core does not.
+EXAMPLES_EXTRA_MODULES = frozenset({"datasets", "evaluate", "sklearn", "matplotlib", "tqdm", "pyarrow"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``hf-rpg``: errors are one line on stderr and exit status 1."""
     parser = build_parser()
@@ -219,6 +225,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv)  # the usual one-line error naming the unknown option
     try:
         return args.func(args)
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] not in EXAMPLES_EXTRA_MODULES:
+            raise
+        print(
+            f"hf-rpg {args.command}: error: {err.name} is not installed: hf-rpg {args.command} needs the examples "
+            "extra (pip install 'hf_rpg[examples]')",
+            file=sys.stderr,
+        )
+        return 1
     except (RPGError, OSError, ValueError) as err:
         print(f"hf-rpg {args.command}: error: {err}", file=sys.stderr)
         return 1

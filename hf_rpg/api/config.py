@@ -186,6 +186,18 @@ class RPGConfig:
         base_model_name_or_path: Delta mode: the Hub name or path of the frozen base
             model, recorded in checkpoints. Taken from the model's config when ``None``.
         revision: Delta mode: the revision of the base model on the Hub.
+        layers_to_transform: PEFT's option: only the targets inside these numbered layers
+            (an int or a list of ints) are generated; the layer number is the first numbered
+            segment of the module name (``encoder.layer.3.attention...`` is layer 3), or the
+            one after ``layers_pattern``. Targets in no numbered layer are left out. Needs
+            ``target_modules`` as a list, ``None``, ``"all"`` or ``"all-linear"`` (a regex
+            string can name the layers itself).
+        layers_pattern: PEFT's option, with ``layers_to_transform``: the name (or names) of
+            the layer list, e.g. ``"layers"`` (Llama), ``"layer"`` (BERT), ``"h"`` (GPT-2).
+        rank_pattern: PEFT's option, delta mode: a map from a module-name pattern to the rank
+            of the matching linear layers' low-rank updates, overriding ``rank`` (``{"q_proj":
+            4}``; a key matches a name or a name's suffix, as a regex, like PEFT's). A layer
+            no key matches gets ``rank``.
     """
 
     dof: int | float = 0.1
@@ -207,6 +219,9 @@ class RPGConfig:
     inference_cache: bool = True
     base_model_name_or_path: str | None = None
     revision: str | None = None
+    layers_to_transform: int | list[int] | None = None
+    layers_pattern: str | list[str] | None = None
+    rank_pattern: dict[str, int] | None = None
     _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -244,6 +259,8 @@ class RPGConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise RPGConfigError(f"{name} must be a non-empty string or None, got {_describe(value)}")
+        self._validate_layers()
+        self._validate_rank_pattern()
 
     @staticmethod
     def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -301,6 +318,58 @@ class RPGConfig:
                 "mode='replace' generates whole weights: use rank=None"
             )
 
+    def _validate_layers(self) -> None:
+        layers = self.layers_to_transform
+        if layers is not None:
+            items = layers if isinstance(layers, (list, tuple)) else [layers]
+            items = [_plain_number(i) for i in items]
+            if not items or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in items):
+                raise RPGConfigError(
+                    "layers_to_transform must be a layer number (an int >= 0), a non-empty list of them, or None; "
+                    f"got {_describe(layers)}"
+                )
+            self.layers_to_transform = list(items) if isinstance(layers, (list, tuple)) else items[0]
+            if isinstance(self.target_modules, str) and self.target_modules not in ("all", "all-linear"):
+                raise RPGConfigError(
+                    f"layers_to_transform={self.layers_to_transform!r} needs target_modules as a list of names, "
+                    f"None, 'all' or 'all-linear', got the regex {self.target_modules!r}: name the layers in the "
+                    "regex itself instead"
+                )
+        if self.layers_pattern is not None:
+            self.layers_pattern = _check_pattern("layers_pattern", self.layers_pattern)
+            if layers is None:
+                raise RPGConfigError(
+                    f"layers_pattern={self.layers_pattern!r} is used only with layers_to_transform, which is None"
+                )
+
+    def _validate_rank_pattern(self) -> None:
+        pattern = self.rank_pattern
+        if pattern is None:
+            return
+        if not isinstance(pattern, dict) or not pattern:
+            raise RPGConfigError(
+                f"rank_pattern must be None or a non-empty dict of module-name pattern -> rank (a positive int), "
+                f"got {_describe(pattern)}"
+            )
+        checked = {}
+        for key, rank in pattern.items():
+            if not isinstance(key, str) or not key:
+                raise RPGConfigError(f"rank_pattern keys must be non-empty module-name patterns, got {_describe(key)}")
+            try:
+                re.compile(key)
+            except (re.error, RecursionError, OverflowError) as err:
+                raise RPGConfigError(f"rank_pattern key {key!r} is not a valid regular expression: {err}") from None
+            rank = _plain_number(rank)
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+                raise RPGConfigError(f"rank_pattern[{key!r}] must be a positive int (a rank), got {_describe(rank)}")
+            checked[key] = rank
+        if self.mode != "delta":
+            raise RPGConfigError(
+                f"rank_pattern={pattern!r} applies to mode='delta' (low-rank updates); mode='replace' generates "
+                "whole weights: use rank_pattern=None"
+            )
+        self.rank_pattern = checked
+
     def _validate_gain(self) -> None:
         gain = self.gain
         if isinstance(gain, str):
@@ -323,6 +392,14 @@ class RPGConfig:
             )
         elif isinstance(gain, int):
             self.gain = float(gain)
+
+    @property
+    def peft_type(self) -> Any:
+        """Not a PEFT method: PEFT's ``get_peft_model`` reads this and gets a clear error naming
+        ``apply_rpg`` (``hf_rpg.peft_integration`` says why)."""
+        from .peft_integration import not_a_peft_config
+
+        raise not_a_peft_config()
 
     @property
     def torch_ring_dtype(self):
@@ -375,6 +452,26 @@ class RPGConfig:
     def to_json_file(self, path: str | Path) -> None:
         """Write ``to_json_string()`` to ``path``."""
         Path(path).write_text(self.to_json_string(), encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | Path, **hub_kwargs: Any) -> RPGConfig:
+        """The config of a checkpoint written by ``RPGModel.save_pretrained``: a local
+        directory or a Hub repo id (PEFT's ``PeftConfig.from_pretrained``). ``hub_kwargs``:
+        ``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``force_download``."""
+        # hf_rpg.checkpoint imports this module: the file is read and checked here directly
+        from ..format.files import CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
+        from ..format.metadata import check_metadata
+
+        files = resolve_checkpoint_files(path_or_repo_id, **hub_kwargs)
+        try:
+            data = json.loads(files[CONFIG_NAME].read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as err:
+            raise RPGConfigError(f"{files[CONFIG_NAME]} is not a readable JSON file: {err}") from None
+        meta = check_metadata(data, str(files[CONFIG_NAME]), weights_name=WEIGHTS_NAME)
+        try:
+            return cls.from_dict(meta["config"])
+        except RPGConfigError as err:
+            raise RPGConfigError(f"{files[CONFIG_NAME]}: 'config': {err}") from None
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> RPGConfig:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import RPGConfigError, RPGStateError
 from ..format import dtype_record
+from ..format.base_reference import resolve_base_reference
 from ..format.files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
 from ..format.manifest import Layout
 from ..format.metadata import binding_digest, read_metadata
@@ -24,6 +25,8 @@ from ..runtime.merge import dense_linear, merged_parameters
 from ..runtime.parametrize import GeneratedSource, attach, detach, is_generated, original_class
 from ..runtime.plan import Plan
 from ..runtime.quantized import is_distributed_tensor
+from .adapter_methods import NamedAdapterMethods
+from .adapters import check_adapter_name, rename_default
 from .base_model import build_base_model
 from .checkpoint import (
     RING_PREFIX,
@@ -38,6 +41,7 @@ from .hub import push_to_hub
 from .initialization import has_meta_tensors, initial_ring, materialize_meta
 from .input_checks import check_device
 from .model_class import allow_missing_base_weights, check_keywords, drop_base_weights, model_class_for
+from .peft_integration import mixin_replacement
 from .plan import base_weights, plan_for_layout
 from .targets import FoundTarget, stored_parameter_ids, targets_from_manifest
 
@@ -45,7 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
-class RPGModel(nn.Module):
+class RPGModel(NamedAdapterMethods, nn.Module):
     """A model whose targeted weights are generated from trainable ring(s).
 
     Call it exactly like the wrapped model. Attributes it does not define are looked up on
@@ -107,8 +111,19 @@ class RPGModel(nn.Module):
 
     # ------------------------------------------------------------------ calling
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the wrapped model with its generated weights (same inputs and outputs)."""
+    def forward(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
+        """Run the wrapped model with its generated weights (same inputs and outputs).
+
+        ``adapter_names`` (delta mode, inference): one adapter name per sample, as PEFT's
+        LoRA takes it (``"__base__"``: the base model alone); see ``hf_rpg.api.adapters``.
+        """
+        if adapter_names is not None:
+            from .adapters import forward_mixed
+
+            return forward_mixed(self, adapter_names, args, kwargs)
+        return self._forward_active(*args, **kwargs)
+
+    def _forward_active(self, *args: Any, **kwargs: Any) -> Any:
         self._check_usable()
         self._engine.begin_forward()
         return self.base_model(*args, **kwargs)
@@ -119,7 +134,10 @@ class RPGModel(nn.Module):
         except AttributeError:
             if name in {"base_model", "_modules", "_parameters", "_buffers"}:
                 raise
-            return getattr(self.base_model, name)
+            base = self.base_model
+            # transformers' PEFT mixin methods do not see the rings: point to hf_rpg's verbs instead
+            refuse = mixin_replacement(name, base)
+            return refuse if refuse is not None else getattr(base, name)
 
     def _check_usable(self) -> None:
         if self._unloaded:
@@ -137,6 +155,10 @@ class RPGModel(nn.Module):
         self._check_usable()
         if not self.plan.delta:
             raise RPGStateError("disable_rpg() needs mode='delta': in replace mode there is no base model to run")
+        if self.merged:
+            raise RPGStateError(
+                "the update is merged into the base weights: call unmerge_adapter() before disable_rpg()"
+            )
         engine = self._engine
         previous = engine.update_enabled
         engine.update_enabled = False
@@ -229,8 +251,11 @@ class RPGModel(nn.Module):
         the weight itself (replace mode, delta mode on a dense full-rank target), or the
         dense update ``ΔW`` added to the layer's output (quantized bases, low-rank
         targets; the low-rank update made dense here, in the layout of the layer's weight)."""
+        engine = self._engine
         for tid, entry in enumerate(self.layout.targets):
-            yield entry.name, self._engine.dense_update(tid, self._engine.tensor(tid))
+            tensor = engine.tensor(tid)
+            # inside disable_rpg() the tensor is the base weight itself, not a low-rank factor
+            yield entry.name, engine.dense_update(tid, tensor) if engine.update_enabled else tensor
 
     # ------------------------------------------------------------------ accounting
 
@@ -268,9 +293,16 @@ class RPGModel(nn.Module):
             if not self.is_stored(param, stored)
         }
 
-    def dof_report(self) -> DoFReport:
-        """Ring DoF, trainable parameters, dense model size and compression ratio."""
+    def dof_report(self, configured: bool = False) -> DoFReport:
+        """Ring DoF, trainable parameters, dense model size and compression ratio.
+
+        ``configured=True`` counts as trainable what the config trains (the rings and the
+        parameters chosen when RPG was applied) whatever ``requires_grad`` says now, e.g. on
+        a model loaded frozen for inference; checkpoints and their cards record that count.
+        """
         bases = self._delta_base_ids()
+        names = self.plan.stored_names
+        chosen = {id(p) for n, p in self.base_model.named_parameters(remove_duplicate=False) if n in names}
         stored = self.stored_parameter_ids()
         other_trainable = frozen = others = saved = 0
         for param in self.base_model.parameters():
@@ -279,7 +311,7 @@ class RPGModel(nn.Module):
                 frozen += n
                 continue
             others += n
-            if param.requires_grad:
+            if (id(param) in chosen) if configured else param.requires_grad:
                 other_trainable += n
             else:
                 frozen += n
@@ -287,7 +319,7 @@ class RPGModel(nn.Module):
                 saved += n
         rings = {name: ring.numel() for name, ring in self.rpg_rings.items()}
         ring_dof = sum(rings.values())
-        trainable_rings = sum(r.numel() for r in self.rpg_rings.values() if r.requires_grad)
+        trainable_rings = sum(r.numel() for r in self.rpg_rings.values() if configured or r.requires_grad)
         return DoFReport(
             ring_dof=ring_dof,
             rings=rings,
@@ -323,6 +355,16 @@ class RPGModel(nn.Module):
         """
         self._check_usable()
         check_keywords("save_pretrained", kwargs, save_checkpoint, skip=2)
+        state = self.__dict__.get("_adapter_state")
+        if state is not None and len(state.configs) > 1:
+            from .adapters import save_adapters
+
+            # PEFT's layout: "default" at the root, the others in subfolders named after them
+            save_adapters(self, save_directory, self._save_active, **kwargs)
+            return
+        self._save_active(save_directory, **kwargs)
+
+    def _save_active(self, save_directory: str | Path, **kwargs: Any) -> None:
         if kwargs.get("state_dict") is None:
             gathered = self._gathered_for_saving()
             if gathered is not None:
@@ -370,6 +412,8 @@ class RPGModel(nn.Module):
         is unusable afterwards.
         """
         self._check_usable()
+        if self.merged:  # the base weights already hold the update
+            return self._unload({tid: t.base() for tid, t in enumerate(self.plan.targets)})
         params, dense_updates = merged_parameters(self._engine)
         model = self._unload(params)
         for tid, delta in dense_updates.items():  # a quantized base becomes a dense nn.Linear
@@ -384,6 +428,8 @@ class RPGModel(nn.Module):
         self._check_usable()
         if not self.plan.delta:
             raise RPGStateError("unload() needs mode='delta'; in replace mode use merge_and_unload()")
+        if self.merged:
+            self.unmerge_adapter()
         bases = {tid: owners[0].module._parameters[owners[0].attr] for tid, owners in enumerate(self._targets)}
         return self._unload(bases)
 
@@ -416,6 +462,8 @@ def load_checkpoint(
     force_download: bool = False,
     device: torch.device | str | None = None,
     check_base: bool = True,
+    is_trainable: bool = False,
+    adapter_name: str = "default",
 ) -> RPGModel:
     """Load an hf_rpg checkpoint from a local directory or a Hub repo id.
 
@@ -433,10 +481,18 @@ def load_checkpoint(
         check_base: Delta mode: refuse a base whose weights differ from the ones the update
             was trained on (``base_fingerprint``, ``RPGBaseMismatchError``). ``False`` loads
             the update onto this base anyway (a base quantized differently, say).
+        is_trainable: As in PEFT: ``False`` (the default) loads for inference, every
+            parameter frozen (rings included); ``True`` makes the ring(s) and the parameters
+            the config trains trainable again, to resume training.
+        adapter_name: The name of the loaded adapter (delta mode: ``load_adapter`` adds
+            others; ``hf_rpg.api.adapters``).
 
     Returns:
         An ``RPGModel`` in eval mode. Its outputs are bit-identical to the saved model's.
     """
+    if not isinstance(is_trainable, bool):
+        raise RPGConfigError(f"is_trainable must be True or False, got {is_trainable!r}")
+    check_adapter_name(adapter_name)
     if base_model is not None and (
         isinstance(base_model, RPGModel) or any(is_generated(m) for m in base_model.modules())
     ):
@@ -456,6 +512,9 @@ def load_checkpoint(
     check_weights_file(files[WEIGHTS_NAME], meta)
     check_model_binding(files[WEIGHTS_NAME], meta, files.get(MODEL_CONFIG_NAME) if base_model is None else None)
     if base_model is None:
+        base = meta.get("base_model")
+        if isinstance(base, dict):  # a path recorded relative to the checkpoint directory
+            base["name_or_path"] = resolve_base_reference(base.get("name_or_path"), files[CONFIG_NAME].parent)
         base_model = build_base_model(meta, config, files.get(MODEL_CONFIG_NAME), hub_kwargs)
         if meta.get("dtypes") is not None:  # whatever built the model that was saved
             dtype_record.restore(base_model, meta["dtypes"])
@@ -483,5 +542,10 @@ def load_checkpoint(
         raise
     if device is not None and not on_meta:
         model.to(device)
+    rename_default(model, adapter_name)
+    if not is_trainable:
+        # PEFT's inference load: nothing trains until the caller asks for it
+        for param in model.parameters():
+            param.requires_grad_(False)
     model.eval()
     return model

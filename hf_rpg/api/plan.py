@@ -12,6 +12,7 @@ engine, the loader and the DoF report. Nothing after this step reads the config.
 from __future__ import annotations
 
 import math
+import re
 import struct
 
 import torch
@@ -112,7 +113,27 @@ def _lowrank_eligible(target: FoundTarget) -> bool:
 
 
 def _ranks(targets: list[FoundTarget], config: RPGConfig) -> list[int | None]:
-    """Each target's low-rank factor rank, or None for a full-rank update."""
+    """Each target's low-rank factor rank, or None for a full-rank update (``rank``, with
+    ``rank_pattern`` overriding it for the layers its keys match)."""
+    ranks = _uniform_ranks(targets, config)
+    if not config.rank_pattern:
+        return ranks
+    for i, target in enumerate(targets):
+        key = rank_pattern_key(config.rank_pattern, target.layer_name or target.name)
+        if key is not None and _lowrank_eligible(target):
+            ranks[i] = config.rank_pattern[key]
+    return ranks
+
+
+def rank_pattern_key(rank_pattern: dict[str, int], name: str) -> str | None:
+    """The first ``rank_pattern`` key matching ``name`` or a suffix of it (PEFT's rule)."""
+    for key in rank_pattern:
+        if re.match(rf"(.*\.)?({key})$", name):
+            return key
+    return None
+
+
+def _uniform_ranks(targets: list[FoundTarget], config: RPGConfig) -> list[int | None]:
     if config.rank is None or not config.is_delta:  # replace mode generates whole weights
         return [None] * len(targets)
     eligible = [_lowrank_eligible(t) for t in targets]

@@ -326,10 +326,34 @@ def find_targets(model: nn.Module, config: RPGConfig) -> list[FoundTarget]:
             found[id(param)] = FoundTarget(name=pname, param=param, owners=owners[id(param)])
 
     targets = [t for t in found.values() if not _excluded(t, config)]
+    if config.layers_to_transform is not None:
+        targets = [t for t in targets if in_transformed_layer(t.layer_name or t.name, config)]
     if not targets:
         raise RPGTargetError(_nothing_matched_message(model, config))
     order = {n: i for i, n in enumerate(canonical.values())}
     return sorted(targets, key=lambda t: order[t.name])
+
+
+def layer_index(name: str, layers_pattern: str | list[str] | None) -> int | None:
+    """The layer number of a module name, by PEFT's rule: the first numbered segment
+    (``encoder.layer.3.attention`` is 3), or the one after a ``layers_pattern`` name."""
+    if layers_pattern is None:
+        match = re.match(r".*?\.?[^.]*\.(?P<idx>\d+)(\.|$)", name)
+    else:
+        patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
+        match = None
+        for pattern in patterns:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)(\.|$)", name)
+            if match is not None:
+                break
+    return None if match is None else int(match.group("idx"))
+
+
+def in_transformed_layer(name: str, config: RPGConfig) -> bool:
+    """Whether ``name`` sits in one of ``config.layers_to_transform``."""
+    index = layer_index(name, config.layers_pattern)
+    wanted = config.layers_to_transform
+    return index is not None and (index == wanted if isinstance(wanted, int) else index in wanted)
 
 
 def _excluded(target: FoundTarget, config: RPGConfig) -> bool:
@@ -338,10 +362,15 @@ def _excluded(target: FoundTarget, config: RPGConfig) -> bool:
 
 def _nothing_matched_message(model: nn.Module, config: RPGConfig) -> str:
     examples = [n for n, m in model.named_modules() if isinstance(m, default_target_types())][:8]
+    layers = (
+        f", layers_to_transform={config.layers_to_transform!r}, layers_pattern={config.layers_pattern!r}"
+        if config.layers_to_transform is not None
+        else ""
+    )
     return (
         "no module matched: target_modules="
         f"{config.target_modules!r}, target_parameters={config.target_parameters!r}, "
-        f"exclude_modules={config.exclude_modules!r} select nothing in {type(model).__name__}. "
+        f"exclude_modules={config.exclude_modules!r}{layers} select nothing in {type(model).__name__}. "
         f"Valid targets are nn.Linear, nn.Conv*, nn.Embedding and transformers Conv1D modules, "
         f"e.g. {examples}, or raw parameters named in target_parameters."
     )

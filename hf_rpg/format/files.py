@@ -4,19 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-
 from ..errors import RPGCheckpointError
-from ..version import __version__
+from .hub_resolve import download_checkpoint, looks_local, missing_local_path_message
 
 CONFIG_NAME = "rpg_config.json"
 WEIGHTS_NAME = "rpg_model.safetensors"
@@ -39,8 +28,10 @@ def resolve_checkpoint_files(
 ) -> dict[str, Path]:
     """Local paths of a checkpoint's files, downloading them from the Hub when needed.
 
-    A directory is used as it is; anything else is taken as a Hub repo id and resolved
-    through ``huggingface_hub`` (and its cache, so it works offline once downloaded).
+    A directory is used as it is; a name that looks like a local path fails at once, naming
+    it (``hf_rpg.hub_resolve.looks_local``); a Hub repo id is fetched with one
+    ``snapshot_download`` of the checkpoint's files (through the cache, so it works offline
+    once downloaded).
     """
     local = Path(path_or_repo_id)
     if local.is_dir():
@@ -54,46 +45,18 @@ def resolve_checkpoint_files(
         return files
     if local.exists():
         raise RPGCheckpointError(f"{str(local)!r} is a file; from_pretrained takes a checkpoint directory or repo id")
-    files = {}
-    for name in REQUIRED_FILES + OPTIONAL_FILES:
-        try:
-            files[name] = Path(
-                hf_hub_download(
-                    str(path_or_repo_id),
-                    name,
-                    revision=revision,
-                    cache_dir=cache_dir,
-                    token=token,
-                    local_files_only=local_files_only,
-                    force_download=force_download,
-                    library_name="hf_rpg",
-                    library_version=__version__,
-                )
-            )
-        except HFValidationError:
-            raise RPGCheckpointError(
-                f"{str(path_or_repo_id)!r} is neither a local checkpoint directory nor a valid Hub repo id"
-            ) from None
-        except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-            raise RPGCheckpointError(f"cannot load {str(path_or_repo_id)!r} from the Hub: {err}") from None
-        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
-            # checked before EntryNotFoundError: the "not in the cache" error subclasses it
-            if name in REQUIRED_FILES:
-                raise RPGCheckpointError(
-                    f"{str(path_or_repo_id)!r} is not a local directory and its {name} could not be fetched "
-                    f"from the Hub or found in the cache: {err}"
-                ) from None
-        except EntryNotFoundError:
-            if name in REQUIRED_FILES:
-                raise RPGCheckpointError(
-                    f"Hub repo {str(path_or_repo_id)!r} is not an hf_rpg checkpoint: it lacks {name}"
-                ) from None
-        except (HfHubHTTPError, OSError) as err:
-            if name in REQUIRED_FILES:
-                raise RPGCheckpointError(
-                    f"cannot fetch {name} of {str(path_or_repo_id)!r} from the Hub: {err}"
-                ) from None
-    return files
+    if looks_local(path_or_repo_id):
+        raise RPGCheckpointError(missing_local_path_message(path_or_repo_id))
+    return download_checkpoint(
+        str(path_or_repo_id),
+        REQUIRED_FILES + OPTIONAL_FILES,
+        REQUIRED_FILES,
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+        force_download=force_download,
+    )
 
 
 __all__ = [

@@ -40,13 +40,14 @@ class DoFReport:
 
     @property
     def ring_fraction(self) -> float:
-        """Ring DoF as a fraction of the whole dense model ("ring only" DoF of the paper)."""
-        return self.ring_dof / max(1, self.model_parameters)
+        """Ring DoF as a fraction of ``all_parameters`` ("ring only" DoF of the paper)."""
+        return self.ring_dof / max(1, self.all_parameters)
 
     @property
     def trainable_fraction(self) -> float:
-        """Trainable parameters as a fraction of the dense model ("all trainable" DoF)."""
-        return self.trainable / max(1, self.model_parameters)
+        """Trainable parameters as a fraction of ``all_parameters`` ("all trainable" DoF): the
+        one trainable percentage hf_rpg shows (PEFT's ``trainable%``, the model card, ``hf-rpg info``)."""
+        return self.trainable / max(1, self.all_parameters)
 
     @property
     def compression_ratio(self) -> float:
@@ -70,21 +71,20 @@ class DoFReport:
         """PEFT's "all params": every parameter the model computes with. In delta mode the
         base plus the ring(s), as PEFT counts base plus adapter; in replace mode the dense
         model the ring stands for."""
-        return self.model_parameters + (self.ring_dof if self.mode == "delta" else 0)
+        return all_parameters(self.model_parameters, self.ring_dof, self.mode)
 
     def peft_line(self) -> str:
         """PEFT's ``print_trainable_parameters`` line: trainable, all, trainable%."""
-        total = self.all_parameters
         return (
-            f"trainable params: {self.trainable:,} || all params: {total:,} || "
-            f"trainable%: {100 * self.trainable / max(1, total):.4f}"
+            f"trainable params: {self.trainable:,} || all params: {self.all_parameters:,} || "
+            f"trainable%: {trainable_percent(self.trainable_fraction)}"
         )
 
     def rpg_line(self) -> str:
         """The ring and what a checkpoint holds, in words that fit either mode."""
         ring = (
             f"ring DoF: {self.ring_dof:,} ({percent(self.dof_fraction)} of {self.generated_elements:,} generated, "
-            f"{percent(self.ring_fraction)} of all {self.model_parameters:,})"
+            f"{percent(self.ring_fraction)} of all {self.all_parameters:,})"
         )
         if self.mode == "delta":
             stored = (
@@ -100,6 +100,17 @@ class DoFReport:
 
     def __str__(self) -> str:
         return f"{self.peft_line()}\n{self.rpg_line()}"
+
+
+def all_parameters(model_parameters: int, ring_dof: int, mode: str | None) -> int:
+    """PEFT's "all params" from a report's numbers (``DoFReport.all_parameters``)."""
+    return model_parameters + (ring_dof if mode == "delta" else 0)
+
+
+def trainable_percent(fraction: float) -> str:
+    """The trainable share as PEFT prints it (four decimals, no sign): ``"4.6123"``. The card,
+    ``hf-rpg info`` and the demo show this same number, with a ``%``."""
+    return f"{100 * fraction:.4f}"
 
 
 def percent(fraction: float) -> str:

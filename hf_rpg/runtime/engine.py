@@ -58,7 +58,8 @@ class RuntimeStats:
         live_weights: Generated weights alive now (those of the layers running right now).
         inference_weights_held: Whether generated weights are kept for inference.
         generated: Targets generated since the model was built (each weight or update,
-            in forward, backward and for the inference cache): a measure of the work done.
+            in forward, backward and for the inference cache; not counted inside a
+            ``torch.compile``d graph): a measure of the work done.
     """
 
     index_cache_bytes: int
@@ -172,7 +173,10 @@ class WeightEngine:
                 out = self.pool.take(sum(r.target.numel for r in requests), ring.dtype, ring.device)
             outputs = _GenerateFromRing.apply(ring, self.indices, ring_name, requests, out)
             weights.update(zip(ids, outputs, strict=True))
-        self._generated += len(target_ids)
+        if not torch.compiler.is_compiling():
+            # a count, not part of the computation: inside a compiled graph dynamo would guard on
+            # this integer and recompile each time it changes (hot-swapped rings, say)
+            self._generated += len(target_ids)
         return weights
 
     def generate(self, target_ids: list[int]) -> dict[int, torch.Tensor]:
