@@ -232,7 +232,7 @@ def load_adapter(
     with ``hotswap=True`` replacing the values of an existing one in place)."""
     from ..format.files import CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
     from ..format.metadata import binding_digest, read_metadata
-    from .checkpoint import check_weights_file, load_tensors
+    from .checkpoint_reading import check_weights_file, load_tensors
 
     _check_delta(model, "load_adapter")
     check_adapter_name(adapter_name)

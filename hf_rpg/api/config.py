@@ -114,7 +114,7 @@ class RPGConfig:
             transformers ``Conv1D`` outside the task head(s); ``"all-linear"`` (PEFT's
             keyword) the linear ones only. ``None`` is ``"all"`` in replace mode; in delta
             mode it is the architecture's attention query and value projections, as PEFT's
-            LoRA defaults (``hf_rpg.api.targets.DELTA_DEFAULT_TARGETS``: ``query``/``value``
+            LoRA defaults (``hf_rpg.api.default_targets.DELTA_DEFAULT_TARGETS``: ``query``/``value``
             for BERT and ViT, ``q_proj``/``v_proj`` for Llama, Mistral, Qwen, Gemma, OPT...),
             and ``"all"`` for architectures without an entry (convolutional networks). As
             in PEFT, a string is a regex that must match the full module name; a list

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,24 +17,18 @@ from ..format.base_reference import resolve_base_reference
 from ..format.files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
 from ..format.manifest import Layout
 from ..format.metadata import binding_digest, read_metadata
-from ..format.report import DoFReport
 from ..runtime import base_fingerprint
 from ..runtime.engine import RuntimeStats, WeightEngine
 from ..runtime.merge import dense_linear, merged_parameters
 from ..runtime.parametrize import GeneratedSource, attach, detach, is_generated, original_class
 from ..runtime.plan import Plan
 from ..runtime.quantized import is_distributed_tensor
+from .accounting import AccountingMethods
 from .adapter_methods import NamedAdapterMethods
 from .adapters import check_adapter_name, rename_default
 from .base_model import build_base_model
-from .checkpoint import (
-    RING_PREFIX,
-    check_model_binding,
-    check_weights_file,
-    load_tensors,
-    save_checkpoint,
-    stored_entries,
-)
+from .checkpoint import RING_PREFIX, save_checkpoint, stored_entries
+from .checkpoint_reading import check_model_binding, check_weights_file, load_tensors
 from .config import RPGConfig
 from .hub import push_to_hub
 from .initialization import has_meta_tensors, initial_ring, materialize_meta
@@ -49,7 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
-class RPGModel(NamedAdapterMethods, nn.Module):
+class RPGModel(AccountingMethods, NamedAdapterMethods, nn.Module):
     """A model whose targeted weights are generated from trainable ring(s).
 
     Call it exactly like the wrapped model. Attributes it does not define are looked up on
@@ -256,82 +249,6 @@ class RPGModel(NamedAdapterMethods, nn.Module):
             tensor = engine.tensor(tid)
             # inside disable_rpg() the tensor is the base weight itself, not a low-rank factor
             yield entry.name, engine.dense_update(tid, tensor) if engine.update_enabled else tensor
-
-    # ------------------------------------------------------------------ accounting
-
-    def stored_parameter_ids(self) -> set[int]:
-        """ids of the base model's parameters that checkpoints and ``state_dict()`` store
-        (see ``is_stored``); looked up by name, so Parameters swapped by wrappers count."""
-        params = self.base_model.named_parameters(remove_duplicate=False)
-        if not self.plan.delta:
-            return {id(p) for _, p in params}
-        bases = self._delta_base_ids()
-        return {id(p) for n, p in params if n in self.plan.stored_names and id(p) not in bases}
-
-    def _delta_base_ids(self) -> set[int]:
-        if not self.plan.delta:
-            return set()
-        return {id(owners[0].module._parameters[owners[0].attr]) for owners in self._targets}
-
-    def is_stored(self, param: nn.Parameter, stored_ids: set[int] | None = None) -> bool:
-        """Whether a parameter of the base model belongs in checkpoints and ``state_dict()``:
-        all of them in replace mode; in delta mode the ones chosen to train when RPG was
-        applied (``other_parameters``, ``modules_to_save``): the frozen ones, pretrained
-        weights under the update included, come from the base model. ``stored_ids``:
-        ``stored_parameter_ids()``, computed once by callers that ask for many parameters."""
-        if not self.plan.delta:
-            return True
-        return id(param) in (self.stored_parameter_ids() if stored_ids is None else stored_ids)
-
-    def base_weight_names(self) -> set[str]:
-        """Names (``base_model.``-prefixed) of the base model's parameters that are not
-        stored (see ``is_stored``): ``state_dict()`` and checkpoints leave them out."""
-        stored = self.stored_parameter_ids()
-        return {
-            "base_model." + name
-            for name, param in self.base_model.named_parameters(remove_duplicate=False)
-            if not self.is_stored(param, stored)
-        }
-
-    def dof_report(self, configured: bool = False) -> DoFReport:
-        """Ring DoF, trainable parameters, dense model size and compression ratio.
-
-        ``configured=True`` counts as trainable what the config trains (the rings and the
-        parameters chosen when RPG was applied) whatever ``requires_grad`` says now, e.g. on
-        a model loaded frozen for inference; checkpoints and their cards record that count.
-        """
-        bases = self._delta_base_ids()
-        names = self.plan.stored_names
-        chosen = {id(p) for n, p in self.base_model.named_parameters(remove_duplicate=False) if n in names}
-        stored = self.stored_parameter_ids()
-        other_trainable = frozen = others = saved = 0
-        for param in self.base_model.parameters():
-            n = param.numel()
-            if id(param) in bases:
-                frozen += n
-                continue
-            others += n
-            if (id(param) in chosen) if configured else param.requires_grad:
-                other_trainable += n
-            else:
-                frozen += n
-            if self.is_stored(param, stored):
-                saved += n
-        rings = {name: ring.numel() for name, ring in self.rpg_rings.items()}
-        ring_dof = sum(rings.values())
-        trainable_rings = sum(r.numel() for r in self.rpg_rings.values() if configured or r.requires_grad)
-        return DoFReport(
-            ring_dof=ring_dof,
-            rings=rings,
-            generated_elements=self.layout.generated_elements,
-            other_trainable=other_trainable,
-            trainable=trainable_rings + other_trainable,
-            frozen=frozen,
-            # the targets' own sizes: a low-rank target generates fewer elements than it has
-            model_parameters=sum(math.prod(t.shape) for t in self.layout.targets) + others,
-            stored_parameters=ring_dof + saved,
-            mode="delta" if self.plan.delta else "replace",
-        )
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """``(trainable, all)`` as PEFT reports them (``DoFReport.all_parameters``: in delta

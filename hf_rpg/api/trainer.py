@@ -20,7 +20,7 @@ from ..errors import RPGManifestMismatchError
 from ..format.files import CONFIG_NAME, WEIGHTS_NAME
 from ..format.manifest import Layout
 from ..format.metadata import binding_digest, read_metadata
-from .checkpoint import check_weights_file, load_tensors
+from .checkpoint_reading import check_weights_file, load_tensors
 from .config import RPGConfig
 from .model import RPGModel
 

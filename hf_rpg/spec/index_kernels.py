@@ -32,8 +32,6 @@ no graph break.
 from __future__ import annotations
 
 import itertools
-import numbers
-import operator
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,6 +45,7 @@ from .generator import (
     signed_indices,
     uint32_path_applies,
 )
+from .kernel_arguments import check_common, check_gain, check_grad, check_int, check_span
 
 # Set HF_RPG_NO_KERNELS=1 to force the tensor path (a debugging switch).
 _DISABLED = os.environ.get("HF_RPG_NO_KERNELS", "") not in ("", "0")
@@ -158,36 +157,6 @@ def _params64(total: int, ring_size: int, key: GeneratorKey) -> tuple:
     )  # fmt: skip
 
 
-def _check_int(name: str, value: object) -> int:
-    """``value`` as a Python int (NumPy and torch integers accepted, bools and floats not)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an int, got {value!r}") from None
-
-
-def _check_common(ring: torch.Tensor, key: GeneratorKey, total: int, name: str = "ring") -> int:
-    if not isinstance(key, GeneratorKey):
-        raise ValueError(f"key must be a GeneratorKey (generator.derive_key), got {type(key).__name__}")
-    if not 1 <= total <= 1 << 62:
-        raise ValueError(f"total must be in [1, 2**62], got {total}")
-    if not isinstance(ring, torch.Tensor) or not ring.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {type(ring).__name__}")
-    n = ring.numel()
-    if not 1 <= n <= total:
-        raise ValueError(f"{name}.numel() (the ring size) must be in [1, total={total}], got {n}")
-    return n
-
-
-def _check_span(total: int, start: int, numel: int) -> None:
-    if start < 0 or numel < 0 or start + numel > total:
-        raise ValueError(
-            f"need start >= 0, numel >= 0 and start + numel <= total={total}, got start={start}, numel={numel}"
-        )
-
-
 def _check_positions(positions: torch.Tensor, total: int) -> torch.Tensor:
     """``positions`` as a flat contiguous int64 tensor, every value checked in ``[0, total)``."""
     if not isinstance(positions, torch.Tensor) or positions.is_floating_point() or positions.is_complex():
@@ -202,28 +171,6 @@ def _check_positions(positions: torch.Tensor, total: int) -> torch.Tensor:
     if low < 0 or high >= total:
         raise ValueError(f"positions must be in [0, total={total}), got values from {int(low)} to {int(high)}")
     return flat
-
-
-def _check_gain(gain: float) -> float:
-    if isinstance(gain, bool) or not isinstance(gain, numbers.Real):
-        raise ValueError(f"gain must be a float, got {gain!r}")
-    return float(gain)
-
-
-def _check_grad(grad_ring: torch.Tensor, grad: torch.Tensor, count: int, device: torch.device) -> None:
-    if not isinstance(grad, torch.Tensor) or not grad.is_floating_point():
-        raise ValueError(f"grad must be a floating-point tensor, got {type(grad).__name__}")
-    if grad.numel() != count:
-        raise ValueError(f"grad must have {count} elements, got {grad.numel()}")
-    if grad.device != grad_ring.device or grad_ring.device != device:
-        raise ValueError(f"grad ({grad.device}) and grad_ring ({grad_ring.device}) must be on one device")
-    if not grad_ring.is_contiguous():
-        raise ValueError("grad_ring must be contiguous (it is updated in place)")
-
-
-# --------------------------------------------------------------------------------------
-# Dispatch
-# --------------------------------------------------------------------------------------
 
 
 def _fused(ring: torch.Tensor, total: int, n: int) -> bool:
@@ -414,10 +361,10 @@ def generate_span(
             return torch.ops.hf_rpg.generate_span(ring.detach(), _key_words(key), total, start, numel, float(gain))
         torch.ops.hf_rpg.generate_span_into(ring.detach(), _key_words(key), total, start, numel, float(gain), out)
         return out.view(-1)
-    total, start, numel = _check_int("total", total), _check_int("start", start), _check_int("numel", numel)
-    n = _check_common(ring, key, total)
-    _check_span(total, start, numel)
-    return _generate(ring, total, n, key, start, None, numel, _check_gain(gain), out)
+    total, start, numel = check_int("total", total), check_int("start", start), check_int("numel", numel)
+    n = check_common(ring, key, total)
+    check_span(total, start, numel)
+    return _generate(ring, total, n, key, start, None, numel, check_gain(gain), out)
 
 
 def accumulate_span_grad(
@@ -432,13 +379,13 @@ def accumulate_span_grad(
     if torch.compiler.is_compiling():
         torch.ops.hf_rpg.accumulate_span_grad(grad_ring, _key_words(key), total, start, grad.detach(), float(gain))
         return
-    total, start = _check_int("total", total), _check_int("start", start)
-    n = _check_common(grad_ring, key, total, "grad_ring")
+    total, start = check_int("total", total), check_int("start", start)
+    n = check_common(grad_ring, key, total, "grad_ring")
     if not isinstance(grad, torch.Tensor):
         raise ValueError(f"grad must be a tensor, got {type(grad).__name__}")
-    _check_span(total, start, grad.numel())
-    _check_grad(grad_ring, grad, grad.numel(), grad_ring.device)
-    _accumulate(grad_ring, total, n, key, start, None, grad, _check_gain(gain))
+    check_span(total, start, grad.numel())
+    check_grad(grad_ring, grad, grad.numel(), grad_ring.device)
+    _accumulate(grad_ring, total, n, key, start, None, grad, check_gain(gain))
 
 
 def generate_at(
@@ -448,10 +395,10 @@ def generate_at(
     every value in ``[0, total)``, else ``ValueError``); the result has ``positions``' shape."""
     if torch.compiler.is_compiling():
         return torch.ops.hf_rpg.generate_at(ring.detach(), _key_words(key), total, positions, float(gain))
-    total = _check_int("total", total)
-    n = _check_common(ring, key, total)
+    total = check_int("total", total)
+    n = check_common(ring, key, total)
     flat = _check_positions(positions, total)
-    gain = _check_gain(gain)
+    gain = check_gain(gain)
     values = _generate(ring, total, n, key, 0, flat.to(ring.device), flat.numel(), gain, None)
     return values.view(positions.shape)
 
@@ -470,11 +417,11 @@ def accumulate_grad_at(
     if torch.compiler.is_compiling():
         torch.ops.hf_rpg.accumulate_grad_at(grad_ring, _key_words(key), total, positions, grad.detach(), float(gain))
         return
-    total = _check_int("total", total)
-    n = _check_common(grad_ring, key, total, "grad_ring")
+    total = check_int("total", total)
+    n = check_common(grad_ring, key, total, "grad_ring")
     flat = _check_positions(positions, total)
-    _check_grad(grad_ring, grad, flat.numel(), grad_ring.device)
-    _accumulate(grad_ring, total, n, key, 0, flat.to(grad_ring.device), grad, _check_gain(gain))
+    check_grad(grad_ring, grad, flat.numel(), grad_ring.device)
+    _accumulate(grad_ring, total, n, key, 0, flat.to(grad_ring.device), grad, check_gain(gain))
 
 
 # --------------------------------------------------------------------------------------

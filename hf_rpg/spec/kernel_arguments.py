@@ -1,0 +1,70 @@
+"""The arguments of the fused ``rpg-v1`` kernels (``index_kernels``), checked before any kernel
+runs: a bad ring, key, span, gain or gradient raises a clear ``ValueError`` here instead of
+reading or writing out of bounds inside compiled code."""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import torch
+
+from .generator import GeneratorKey
+
+
+def check_int(name: str, value: object) -> int:
+    """``value`` as a Python int (NumPy and torch integers accepted, bools and floats not)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int, got {value!r}") from None
+
+
+def check_common(ring: torch.Tensor, key: GeneratorKey, total: int, name: str = "ring") -> int:
+    """The ring size ``n`` after checking the ring (a floating-point tensor of 1 to ``total``
+    elements), the key and the number of generated positions ``total`` (1 to 2**62)."""
+    if not isinstance(key, GeneratorKey):
+        raise ValueError(f"key must be a GeneratorKey (generator.derive_key), got {type(key).__name__}")
+    if not 1 <= total <= 1 << 62:
+        raise ValueError(f"total must be in [1, 2**62], got {total}")
+    if not isinstance(ring, torch.Tensor) or not ring.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {type(ring).__name__}")
+    n = ring.numel()
+    if not 1 <= n <= total:
+        raise ValueError(f"{name}.numel() (the ring size) must be in [1, total={total}], got {n}")
+    return n
+
+
+def check_span(total: int, start: int, numel: int) -> None:
+    """``[start, start + numel)`` lies inside ``[0, total)``."""
+    if start < 0 or numel < 0 or start + numel > total:
+        raise ValueError(
+            f"need start >= 0, numel >= 0 and start + numel <= total={total}, got start={start}, numel={numel}"
+        )
+
+
+def check_gain(gain: float) -> float:
+    """``gain`` as a float (a real number, not a bool)."""
+    if isinstance(gain, bool) or not isinstance(gain, numbers.Real):
+        raise ValueError(f"gain must be a float, got {gain!r}")
+    return float(gain)
+
+
+def check_grad(grad_ring: torch.Tensor, grad: torch.Tensor, count: int, device: torch.device) -> None:
+    """The gradient of ``count`` generated elements and the ring gradient it scatters into:
+    floating-point, ``count`` elements, both on ``device``."""
+    if not isinstance(grad, torch.Tensor) or not grad.is_floating_point():
+        raise ValueError(f"grad must be a floating-point tensor, got {type(grad).__name__}")
+    if grad.numel() != count:
+        raise ValueError(f"grad must have {count} elements, got {grad.numel()}")
+    if grad.device != grad_ring.device or grad_ring.device != device:
+        raise ValueError(f"grad ({grad.device}) and grad_ring ({grad_ring.device}) must be on one device")
+    if not grad_ring.is_contiguous():
+        raise ValueError("grad_ring must be contiguous (it is updated in place)")
+
+
+# --------------------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------------------
