@@ -20,7 +20,8 @@ from test_generator import GOLDEN
 from test_lowrank import GOLDEN_PROJECTION
 from test_triton_kernels import random_cases, reference
 
-from hf_rpg import RPGConfig, apply_rpg, index_kernels
+from hf_rpg import RPGConfig, apply_rpg
+from hf_rpg.spec import index_kernels
 from hf_rpg.spec import triton_kernels as kernels
 from hf_rpg.spec.generator import build_signed_index, derive_key, signed_indices
 from hf_rpg.spec.lowrank import REFERENCE_RANK, projection, projection_key_name
@@ -181,8 +182,9 @@ def test_the_index_cache_is_built_by_the_kernel(monkeypatch):
     monkeypatch.setattr(kernels, "signed_indices", _counted(kernels.signed_indices, calls, "signed_indices"))
     torch.manual_seed(0)
     model = apply_rpg(MODELS["gpt2"].build(), RPGConfig(dof=0.3, seed=8, index_cache="int32"))
-    model._engine.build_index_caches()
+    model.build_index_caches()
     assert calls["signed_indices"] == len(model.layout.rings) > 0
     for name, ring in model.layout.rings.items():
         expected = build_signed_index(ring.elements, ring.size, derive_key(8, name))
-        assert torch.equal(model._engine._index[name], expected), name
+        # white-box: the cache's contents (on the CPU, float32 rings keep the signed-index layout)
+        assert torch.equal(model._engine.indices.cached(name, torch.device("cpu")), expected), name
