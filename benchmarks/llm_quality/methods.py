@@ -8,12 +8,12 @@ nearest configuration misses by more than ``BUDGET_TOLERANCE``; ``Plan.omitted``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from benchmarks.quality.methods import Plan  # one (method, budget) and its lr grid, as there
 from hf_rpg import RPGConfig, apply_rpg
 
 QV = ["q_proj", "v_proj"]
@@ -44,17 +44,6 @@ LR_GRIDS: dict[str, list[float]] = {
     "vblora": [1e-3, 3e-3, 1e-2],
     "rpg": [1e-3, 3e-3, 1e-2],
 }
-
-
-@dataclass
-class Plan:
-    """One (method, budget): its configuration, learning-rate grid, or why it is omitted."""
-
-    method: str
-    budget: int | str
-    config: dict[str, Any] | None
-    lrs: list[float]
-    omitted: str | None = None
 
 
 def is_rpg(method: str) -> bool:
