@@ -458,7 +458,7 @@ class RPGConfig:
         """The config of a checkpoint written by ``RPGModel.save_pretrained``: a local
         directory or a Hub repo id (PEFT's ``PeftConfig.from_pretrained``). ``hub_kwargs``:
         ``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``force_download``."""
-        # hf_rpg.checkpoint imports this module: the file is read and checked here directly
+        # hf_rpg.api.checkpoint imports this module: the file is read and checked here directly
         from ..format.files import CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
         from ..format.metadata import check_metadata
 

@@ -27,7 +27,7 @@ model.safetensors"); ``RPGModel.from_pretrained`` is the loader.
 
 What hf_rpg does instead: ``RPGModel`` has PEFT's verbs itself (``add_adapter``,
 ``set_adapter``, ``delete_adapter``, ``load_adapter``, ``active_adapter(s)``,
-``disable_adapter``, ``merge_adapter``..., see ``hf_rpg.adapters``); the PeftAdapterMixin
+``disable_adapter``, ``merge_adapter``..., see ``hf_rpg.api.adapters``); the PeftAdapterMixin
 methods that ``RPGModel`` would otherwise forward to the wrapped transformers model (and
 that fail there with "PEFT is not installed" or a version error) raise ``RPGStateError``
 naming the hf_rpg verb.

@@ -29,7 +29,7 @@ def resolve_checkpoint_files(
     """Local paths of a checkpoint's files, downloading them from the Hub when needed.
 
     A directory is used as it is; a name that looks like a local path fails at once, naming
-    it (``hf_rpg.hub_resolve.looks_local``); a Hub repo id is fetched with one
+    it (``hf_rpg.format.hub_resolve.looks_local``); a Hub repo id is fetched with one
     ``snapshot_download`` of the checkpoint's files (through the cache, so it works offline
     once downloaded).
     """

@@ -1,9 +1,9 @@
 """Triton kernels for ``rpg-v1`` on GPUs: indices and signs computed inside the gather and the scatter.
 
-The GPU counterpart of the numba kernels (``hf_rpg.index_kernels``): ``gather`` writes
+The GPU counterpart of the numba kernels (``hf_rpg.spec.index_kernels``): ``gather`` writes
 ``gain * s(q) * ring[q mod N]`` with ``q = permute(p)`` for a span of positions ``p`` (or
 for given positions), ``scatter`` adds ``gain * s(q) * grad`` into a ring gradient, and
-``projection`` writes the fixed projection of ``rpg-lowrank-v1`` (``hf_rpg.lowrank``). No
+``projection`` writes the fixed projection of ``rpg-lowrank-v1`` (``hf_rpg.spec.lowrank``). No
 per-element index is ever stored: the Feistel network, the cycle-walking, the sign hash and
 the ``mod N`` run in registers, one block of positions per program.
 
