@@ -125,10 +125,13 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
             gap = best["mean"] - ours["mean"]
             tol = min(s for s in (ours["std"], best["std"]) if s is not None) if ours["std"] and best["std"] else 0.0
             verdict = "met" if gap <= tol else f"missed by {gap:.2f} points (tolerance {tol:.2f})"
+            # the peers not yet run at this budget may still change the best one
+            waiting = [m for m in methods.PEERS if m not in {r["method"] for r in peers}]
+            so_far = f" so far; not yet run or omitted here: {', '.join(waiting)}" if waiting else ""
             seeds = f"{ours['seeds']} vs {best['seeds']} seeds"
             out.append(
                 f"- {task}, {budget:,}: hf_rpg {_fmt(ours)} vs best peer {best['method']} {_fmt(best)} "
-                f"({seeds}): **{verdict}**"
+                f"({seeds}): **{verdict}**{so_far}"
             )
         ours = mine.get(10000)
         if ours and lora_r1 and ours["final"] and lora_r1["final"]:
