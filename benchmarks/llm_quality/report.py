@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.library_identity import library_identity
 from benchmarks.llm_quality import methods, runner
 from benchmarks.quality.results import read_results
 
@@ -41,7 +42,7 @@ def _groups(runs: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
             r["task"],
             r["method"],
             str(r["budget"]),
-            r.get("hf_rpg_source") if methods.is_rpg(r["method"]) else None,
+            library_identity(r) if methods.is_rpg(r["method"]) else None,
         )
         out.setdefault(key, []).append(r)
     return out

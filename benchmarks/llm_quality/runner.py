@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.library_identity import library_identity, probe_digest
 from benchmarks.llm_quality import methods, tasks
 from benchmarks.quality.loop import schedule
 from benchmarks.quality.record import git_commit, machine, peak_rss_mib, reset_peak_rss, source_hash
@@ -95,10 +96,11 @@ def lr_key(lr: float) -> str:
 
 
 def run_key(rec: dict[str, Any]) -> str:
-    """A run's identity; hf_rpg variants also by the hf_rpg source that ran them."""
+    """A run's identity; hf_rpg variants also by the numbers their hf_rpg computes
+    (``benchmarks.library_identity``), so that a refactor keeps its runs and a change of numerics does not."""
     fields = [rec["task"], rec["method"], rec["budget"], rec["config"], lr_key(rec["lr"]), rec["seed"]]
     if methods.is_rpg(rec["method"]):
-        fields.append(rec.get("hf_rpg_source"))
+        fields.append(library_identity(rec))
     return json.dumps(fields, sort_keys=True)
 
 
@@ -136,13 +138,14 @@ class Runner:
         self.meta = {
             "commit": git_commit(library),
             "hf_rpg_source": source_hash(library),
+            "hf_rpg_numerics": probe_digest(),
             "machine": machine(),
             "device_requested": device,
         }
 
     def run(self, base: nn.Module, task: tasks.LLMTask, p: methods.Plan, lr: float, seed: int) -> dict[str, Any]:
         probe = {"task": task.name, "method": p.method, "budget": p.budget, "config": p.config, "lr": lr, "seed": seed}
-        probe["hf_rpg_source"] = self.meta["hf_rpg_source"]
+        probe["hf_rpg_numerics"] = self.meta["hf_rpg_numerics"]
         key = run_key(probe)
         if key in self.done:
             return self.done[key]

@@ -9,16 +9,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+from benchmarks.library_identity import library_identity
+
 from .protocol import is_rpg
 from .record import _key_lr
 
 
 def library_version(rec: dict[str, Any]) -> str | None:
-    """Which hf_rpg an hf_rpg-variant run used: the hash of its source files (records without
-    one: the commit of its checkout); None for the other methods, which do not use it."""
+    """Which hf_rpg an hf_rpg-variant run used, by the numbers it computes
+    (``benchmarks.library_identity``); None for the other methods, which do not use it."""
     if not is_rpg(rec["method"]):
         return None
-    return rec.get("hf_rpg_source") or rec.get("commit")
+    return library_identity(rec)
 
 
 def run_key(rec: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import hf_rpg
+from benchmarks.library_identity import probe_digest
 
 from .methods import Plan
 from .protocol import REPO, SEEDS
@@ -27,6 +28,7 @@ class Runner:
             "commit": git_commit(library),  # of the hf_rpg that runs (it may be another checkout's)
             "hf_rpg_path": str(library),
             "hf_rpg_source": source_hash(library),
+            "hf_rpg_numerics": probe_digest(),
             "script_commit": git_commit(REPO),
             "machine": machine(),
             "smoke": smoke,
@@ -49,7 +51,7 @@ class Runner:
 
     def run(self, task: Task, p: Plan, lr: float, seed: int) -> dict[str, Any]:
         probe = {"task": task.name, "method": p.method, "budget": p.budget, "config": p.config, "lr": lr, "seed": seed}
-        probe["hf_rpg_source"] = self.meta["hf_rpg_source"]
+        probe["hf_rpg_numerics"] = self.meta["hf_rpg_numerics"]
         key = run_key(probe)
         if key in self.done:
             return self.done[key]
