@@ -75,6 +75,59 @@ def test_the_graph_sees_lazy_and_type_checking_imports():
     assert "hf_rpg.format.metadata" in graph["hf_rpg.api.cli"]  # inside a function
 
 
+def _import_time_names(module: str, is_package: bool, body: list[ast.stmt]) -> set[str]:
+    """What running ``body`` imports: module-level statements, into ``if``/``try`` blocks, not
+    under ``TYPE_CHECKING`` and not inside functions or classes."""
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.update(_resolve(module, is_package, node))
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+            names |= _import_time_names(module, is_package, node.body + node.orelse)
+        elif isinstance(node, ast.Try):
+            blocks = node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body]
+            names |= _import_time_names(module, is_package, blocks)
+    return names
+
+
+def import_time_graph() -> dict[str, set[str]]:
+    """hf_rpg module -> the hf_rpg modules that importing it imports (lazy imports left out)."""
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {
+        module: {
+            name
+            for name in _import_time_names(module, path.name == "__init__.py", ast.parse(path.read_text()).body)
+            if name in paths and name != module
+        }
+        for module, path in paths.items()
+    }
+
+
+def _levels(graph: dict[str, set[str]]) -> dict[str, int]:
+    """Each module's level: 1 for a module importing none, else one more than its highest import."""
+    levels: dict[str, int] = {}
+
+    def level(module: str) -> int:
+        if module not in levels:
+            levels[module] = 1 + max((level(dep) for dep in graph[module]), default=0)
+        return levels[module]
+
+    for module in graph:
+        level(module)
+    return levels
+
+
+def test_importing_the_package_runs_at_most_nine_levels_deep():
+    """``import hf_rpg`` and everything it loads on first use chain at most 9 modules at import
+    time (issue 21's goal); lazy imports inside functions are dependencies the layering test
+    checks, but they do not run at import."""
+    levels = _levels(import_time_graph())
+    assert max(levels.values()) <= 9, sorted(levels.items(), key=lambda kv: -kv[1])[:3]
+    assert levels["hf_rpg.api.model"] > levels["hf_rpg.spec.generator"]  # the measure sees the layers
+
+
 def test_no_import_cycles():
     graph = import_graph()
     # The package's __init__ re-exports the API; a module importing ``hf_rpg`` itself would be a cycle.

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import RPGBaseMismatchError, RPGConfigError, RPGManifestMismatchError, RPGStateError
 from .config import RING_NAME_PATTERN, RPGConfig
+from .merging import require_delta
 
 # Functions here take an RPGModel (hf_rpg.api.model imports this module, so it is not imported back).
 RPGModel = nn.Module
@@ -89,12 +90,8 @@ def _live(model: RPGModel) -> dict[str, torch.Tensor]:
 
 
 def _check_delta(model: RPGModel, verb: str) -> None:
-    model._check_usable()
-    if not model.plan.delta:
-        raise RPGStateError(
-            f"{verb}() needs mode='delta': named adapters are updates of one frozen base, and in replace mode the "
-            "ring is the whole model"
-        )
+    why = ": named adapters are updates of one frozen base, and in replace mode the ring is the whole model"
+    require_delta(model, verb, why)
 
 
 def _check_known(model: RPGModel, name: str, verb: str) -> None:

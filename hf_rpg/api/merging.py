@@ -21,13 +21,17 @@ from ..runtime.plan import ADDITIVE
 RPGModel = nn.Module
 
 
-def _check_mergeable(model: RPGModel, verb: str) -> None:
+def require_delta(model: RPGModel, verb: str, why: str) -> None:
+    """Raise ``RPGStateError`` unless the RPG model ``model`` is usable and in delta mode;
+    ``why`` ends the message: what ``verb`` needs delta mode for."""
     model._check_usable()
     if not model.plan.delta:
-        raise RPGStateError(
-            f"{verb}() needs mode='delta' (an update added to frozen base weights); in replace mode the weights are "
-            "generated whole: use merge_and_unload()"
-        )
+        raise RPGStateError(f"{verb}() needs mode='delta'{why}")
+
+
+def _check_mergeable(model: RPGModel, verb: str) -> None:
+    why = " (an update added to frozen base weights); in replace mode the weights are generated whole: use "
+    require_delta(model, verb, why + "merge_and_unload()")
     additive = [t.entry.name for t in model.plan.targets if t.serving is ADDITIVE]
     if additive:
         raise RPGStateError(

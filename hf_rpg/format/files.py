@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Unpack
 
 from ..errors import RPGCheckpointError
-from .hub_resolve import download_checkpoint, looks_local, missing_local_path_message
+from .hub_resolve import HubDownloadOptions, download_checkpoint, looks_local, missing_local_path_message
 
 CONFIG_NAME = "rpg_config.json"
 WEIGHTS_NAME = "rpg_model.safetensors"
@@ -17,15 +18,7 @@ OPTIONAL_FILES = (MODEL_CONFIG_NAME,)
 CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, MODEL_CONFIG_NAME, CARD_NAME)
 
 
-def resolve_checkpoint_files(
-    path_or_repo_id: str | Path,
-    *,
-    revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-    force_download: bool = False,
-) -> dict[str, Path]:
+def resolve_checkpoint_files(path_or_repo_id: str | Path, **options: Unpack[HubDownloadOptions]) -> dict[str, Path]:
     """Local paths of a checkpoint's files, downloading them from the Hub when needed.
 
     A directory is used as it is; a name that looks like a local path fails at once, naming
@@ -51,11 +44,7 @@ def resolve_checkpoint_files(
         str(path_or_repo_id),
         REQUIRED_FILES + OPTIONAL_FILES,
         REQUIRED_FILES,
-        revision=revision,
-        cache_dir=cache_dir,
-        token=token,
-        local_files_only=local_files_only,
-        force_download=force_download,
+        **options,
     )
 
 

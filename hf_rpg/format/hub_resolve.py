@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import (
@@ -58,29 +59,31 @@ def missing_local_path_message(name: str | os.PathLike) -> str:
     )
 
 
+class HubDownloadOptions(TypedDict, total=False):
+    """The ``huggingface_hub.snapshot_download`` options a checkpoint download passes on."""
+
+    revision: str | None
+    cache_dir: str | Path | None
+    token: str | bool | None
+    local_files_only: bool
+    force_download: bool
+
+
 def download_checkpoint(
-    repo_id: str,
-    filenames: tuple[str, ...],
-    required: tuple[str, ...],
-    *,
-    revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-    force_download: bool = False,
+    repo_id: str, filenames: tuple[str, ...], required: tuple[str, ...], **options: Unpack[HubDownloadOptions]
 ) -> dict[str, Path]:
     """``filenames`` of Hub repo ``repo_id`` (those present), fetched with one
     ``snapshot_download(allow_patterns=filenames)``; raise ``RPGCheckpointError`` naming the
     repo when it cannot be fetched or lacks one of ``required``."""
+    unknown = sorted(set(options) - set(HubDownloadOptions.__annotations__))
+    if unknown:
+        known = ", ".join(HubDownloadOptions.__annotations__)
+        raise TypeError(f"unexpected Hub download option(s) {', '.join(unknown)}; known: {known}")
     try:
         folder = Path(
             snapshot_download(
                 repo_id,
-                revision=revision,
-                cache_dir=cache_dir,
-                token=token,
-                local_files_only=local_files_only,
-                force_download=force_download,
+                **options,
                 allow_patterns=list(filenames),
                 library_name="hf_rpg",
                 library_version=__version__,
@@ -106,4 +109,4 @@ def download_checkpoint(
     return files
 
 
-__all__ = ["download_checkpoint", "looks_local", "missing_local_path_message"]
+__all__ = ["HubDownloadOptions", "download_checkpoint", "looks_local", "missing_local_path_message"]

@@ -130,31 +130,51 @@ def _scratch():
     )
 
 
+@_njit_inline
+def _next_block(scratch, b, numel, start, positions, p):
+    """Index the block of positions starting at output element ``b`` into ``scratch``; its length."""
+    x, pend, pv, ring_index, sign = scratch
+    m = min(BLOCK, numel - b)
+    _load_block(x, m, start + b if positions.shape[0] == 0 else b, positions)
+    _index_block(x, m, p, pend, pv, ring_index, sign)
+    return m
+
+
 @_njit
-def _gather_float(ring, out, start, positions, p, gain):
-    """``out[j] = (ring[k] * s) * gain`` (float32 / float64 rings, ``gain`` of the ring's type)."""
-    x, pend, pv, ring_index, sign = _scratch()
-    numel = out.shape[0]
+def _map_float(ring, dense, start, positions, p, gain, scatter):
+    """``dense[j] = (ring[k] * s) * gain``, or with ``scatter`` its adjoint
+    ``ring[k] += (dense[j] * s) * gain`` (float32 / float64; ``gain`` of the ring's type)."""
+    scratch = _scratch()
+    ring_index, sign = scratch[3], scratch[4]
+    numel = dense.shape[0]
     for b in range(0, numel, BLOCK):
-        m = min(BLOCK, numel - b)
-        _load_block(x, m, start + b if positions.shape[0] == 0 else b, positions)
-        _index_block(x, m, p, pend, pv, ring_index, sign)
-        for i in range(m):
-            out[b + i] = ring[ring_index[i]] * sign[i] * gain
+        m = _next_block(scratch, b, numel, start, positions, p)
+        if scatter:
+            for i in range(m):
+                ring[ring_index[i]] += dense[b + i] * sign[i] * gain
+        else:
+            for i in range(m):
+                dense[b + i] = ring[ring_index[i]] * sign[i] * gain
 
 
 @_njit
-def _gather_bf16(ring_bits, out_bits, start, positions, p, gain):
-    """``_gather_float`` on bfloat16 bit patterns: computed in float32, rounded to
-    nearest-even as torch rounds (NaN becomes 0x7FC0)."""
-    x, pend, pv, ring_index, sign = _scratch()
+def _map_bf16(ring_bits, ring_float, dense_bits, start, positions, p, gain, scatter):
+    """``_map_float`` for a bfloat16 ``dense`` (bit patterns). A gather reads the bfloat16 ring
+    ``ring_bits``, computes in float32 and rounds to nearest-even as torch rounds (NaN becomes
+    0x7FC0); a scatter adds into the float32 / float64 ``ring_float``. The other ring is unused."""
+    scratch = _scratch()
+    ring_index, sign = scratch[3], scratch[4]
     wide = np.empty(BLOCK, np.uint32)
     wide_float = wide.view(np.float32)
-    numel = out_bits.shape[0]
+    numel = dense_bits.shape[0]
     for b in range(0, numel, BLOCK):
-        m = min(BLOCK, numel - b)
-        _load_block(x, m, start + b if positions.shape[0] == 0 else b, positions)
-        _index_block(x, m, p, pend, pv, ring_index, sign)
+        m = _next_block(scratch, b, numel, start, positions, p)
+        if scatter:
+            for i in range(m):
+                wide[i] = U(dense_bits[b + i]) << _S16
+            for i in range(m):
+                ring_float[ring_index[i]] += wide_float[i] * sign[i] * gain
+            continue
         for i in range(m):
             wide[i] = U(ring_bits[ring_index[i]]) << _S16
         for i in range(m):
@@ -162,37 +182,7 @@ def _gather_bf16(ring_bits, out_bits, start, positions, p, gain):
         for i in range(m):
             value = wide[i]
             rounded = U(value + U(U(U(value >> _S16) & U(1)) + U(0x7FFF))) >> _S16
-            out_bits[b + i] = np.uint16(0x7FC0) if wide_float[i] != wide_float[i] else np.uint16(rounded)
-
-
-@_njit
-def _scatter_float(grad_ring, grad, start, positions, p, gain):
-    """``grad_ring[k] += (grad[j] * s) * gain`` (float32 / float64 gradients)."""
-    x, pend, pv, ring_index, sign = _scratch()
-    numel = grad.shape[0]
-    for b in range(0, numel, BLOCK):
-        m = min(BLOCK, numel - b)
-        _load_block(x, m, start + b if positions.shape[0] == 0 else b, positions)
-        _index_block(x, m, p, pend, pv, ring_index, sign)
-        for i in range(m):
-            grad_ring[ring_index[i]] += grad[b + i] * sign[i] * gain
-
-
-@_njit
-def _scatter_bf16(grad_ring, grad_bits, start, positions, p, gain):
-    """``_scatter_float`` for a bfloat16 ``grad`` (as bit patterns)."""
-    x, pend, pv, ring_index, sign = _scratch()
-    wide = np.empty(BLOCK, np.uint32)
-    wide_float = wide.view(np.float32)
-    numel = grad_bits.shape[0]
-    for b in range(0, numel, BLOCK):
-        m = min(BLOCK, numel - b)
-        _load_block(x, m, start + b if positions.shape[0] == 0 else b, positions)
-        _index_block(x, m, p, pend, pv, ring_index, sign)
-        for i in range(m):
-            wide[i] = U(grad_bits[b + i]) << _S16
-        for i in range(m):
-            grad_ring[ring_index[i]] += wide_float[i] * sign[i] * gain
+            dense_bits[b + i] = np.uint16(0x7FC0) if wide_float[i] != wide_float[i] else np.uint16(rounded)
 
 
 @_njit

@@ -216,10 +216,21 @@ def _fused_gather(ring, total, n, key, start, positions, out, gain) -> None:
         where = empty if positions is None else positions[offset : offset + length].numpy()
         first = start + offset if positions is None else 0
         if ring.dtype == torch.bfloat16:
-            args = (_kernels()._gather_bf16, _bits16(table), _bits16(piece), first, where, p, np.float32(gain))
+            unused = np.empty(0, np.float32)
+            args = (
+                _kernels()._map_bf16,
+                _bits16(table),
+                unused,
+                _bits16(piece),
+                first,
+                where,
+                p,
+                np.float32(gain),
+                False,
+            )
         else:
             kind = np.float64 if ring.dtype == torch.float64 else np.float32
-            args = (_kernels()._gather_float, table.numpy(), piece.detach().numpy(), first, where, p, kind(gain))
+            args = (_kernels()._map_float, table.numpy(), piece.detach().numpy(), first, where, p, kind(gain), False)
         jobs.append(lambda a=args: a[0](*a[1:]))
     _in_threads(jobs)
 
@@ -243,9 +254,11 @@ def _fused_scatter(grad_ring, total, n, key, start, positions, grad, gain) -> No
         where = empty if positions is None else positions[offset : offset + length].numpy()
         first = start + offset if positions is None else 0
         if piece.dtype == torch.bfloat16:
-            args = (_kernels()._scatter_bf16, target.detach().numpy(), _bits16(piece), first, where, p, kind(gain))
+            unused = np.empty(0, np.uint16)
+            ring = target.detach().numpy()
+            args = (_kernels()._map_bf16, unused, ring, _bits16(piece), first, where, p, kind(gain), True)
         else:
-            args = (_kernels()._scatter_float, target.detach().numpy(), piece.numpy(), first, where, p, kind(gain))
+            args = (_kernels()._map_float, target.detach().numpy(), piece.numpy(), first, where, p, kind(gain), True)
         jobs.append(lambda a=args: a[0](*a[1:]))
     _in_threads(jobs)
     for partial in targets[1:]:

@@ -46,6 +46,10 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 # smaller block wastes fewer passes; a larger one amortises the program's start. The
 # interpreter runs a program as a few hundred NumPy calls: there, large blocks.
 BLOCK = 1 << 14 if INTERPRETED else 1024
+# What ``_ring_map_kernel`` does (its MODE).
+GATHER = tl.constexpr(0)
+SCATTER = tl.constexpr(1)
+INDICES = tl.constexpr(2)
 
 # Scalar arguments: typed by annotation and never specialised on their values (Triton would
 # otherwise compile a variant per integer width, per value 1 and per multiple of 16).
@@ -163,9 +167,9 @@ def _gain(gain_bits, F64: tl.constexpr):
 
 
 @_kernel
-def _gather_kernel(
+def _ring_map_kernel(
     ring_ptr,
-    out_ptr,
+    dense_ptr,
     positions_ptr,
     start: tl.int64,
     numel: tl.int64,
@@ -179,84 +183,35 @@ def _gather_kernel(
     sign_key: tl.uint32,
     ring_size: tl.int64,
     gain_bits: tl.int64,
+    MODE: tl.constexpr,
     SPAN: tl.constexpr,
     WIDE: tl.constexpr,
     F64: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """One kernel over the position -> (ring entry, sign) map, so that every use reads the same
+    map: ``GATHER`` (``dense[j] = gain * s * ring[entry]``), its adjoint ``SCATTER``
+    (``ring[entry] += gain * s * dense[j]``), or ``INDICES`` (``dense[j] = entry + N * (s < 0)``,
+    the signed index the index cache stores; ``ring`` and ``gain`` unused)."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offsets < numel
     positions = _positions(positions_ptr, start, offsets, valid, SPAN)
     entry, negative = _ring_entries(
         positions, valid, last, low_bits, high_bits, k0, k1, k2, k3, sign_key, ring_size, WIDE
     )
-    value = tl.load(ring_ptr + entry, mask=valid, other=0.0)
-    value = value.to(tl.float64) if F64 else value.to(tl.float32)
-    value = tl.where(negative, -value, value) * _gain(gain_bits, F64)
-    _store(out_ptr, offsets, value, valid)
-
-
-@_kernel
-def _scatter_kernel(
-    grad_ring_ptr,
-    grad_ptr,
-    positions_ptr,
-    start: tl.int64,
-    numel: tl.int64,
-    last: tl.int64,
-    low_bits: tl.int64,
-    high_bits: tl.int64,
-    k0: tl.uint32,
-    k1: tl.uint32,
-    k2: tl.uint32,
-    k3: tl.uint32,
-    sign_key: tl.uint32,
-    ring_size: tl.int64,
-    gain_bits: tl.int64,
-    SPAN: tl.constexpr,
-    WIDE: tl.constexpr,
-    F64: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = offsets < numel
-    positions = _positions(positions_ptr, start, offsets, valid, SPAN)
-    entry, negative = _ring_entries(
-        positions, valid, last, low_bits, high_bits, k0, k1, k2, k3, sign_key, ring_size, WIDE
-    )
-    grad = tl.load(grad_ptr + offsets, mask=valid, other=0.0)
-    grad = grad.to(tl.float64) if F64 else grad.to(tl.float32)
-    term = tl.where(negative, -grad, grad) * _gain(gain_bits, F64)
-    tl.atomic_add(grad_ring_ptr + entry, term, mask=valid, sem="relaxed")
-
-
-@_kernel
-def _indices_kernel(
-    out_ptr,
-    positions_ptr,
-    start: tl.int64,
-    numel: tl.int64,
-    last: tl.int64,
-    low_bits: tl.int64,
-    high_bits: tl.int64,
-    k0: tl.uint32,
-    k1: tl.uint32,
-    k2: tl.uint32,
-    k3: tl.uint32,
-    sign_key: tl.uint32,
-    ring_size: tl.int64,
-    SPAN: tl.constexpr,
-    WIDE: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    valid = offsets < numel
-    positions = _positions(positions_ptr, start, offsets, valid, SPAN)
-    entry, negative = _ring_entries(
-        positions, valid, last, low_bits, high_bits, k0, k1, k2, k3, sign_key, ring_size, WIDE
-    )
-    signed = entry + tl.where(negative, ring_size.to(tl.int64), 0)
-    tl.store(out_ptr + offsets, signed.to(out_ptr.dtype.element_ty), mask=valid)
+    if MODE == INDICES:
+        signed = entry + tl.where(negative, ring_size.to(tl.int64), 0)
+        tl.store(dense_ptr + offsets, signed.to(dense_ptr.dtype.element_ty), mask=valid)
+    elif MODE == SCATTER:
+        grad = tl.load(dense_ptr + offsets, mask=valid, other=0.0)
+        grad = grad.to(tl.float64) if F64 else grad.to(tl.float32)
+        term = tl.where(negative, -grad, grad) * _gain(gain_bits, F64)
+        tl.atomic_add(ring_ptr + entry, term, mask=valid, sem="relaxed")
+    else:
+        value = tl.load(ring_ptr + entry, mask=valid, other=0.0)
+        value = value.to(tl.float64) if F64 else value.to(tl.float32)
+        value = tl.where(negative, -value, value) * _gain(gain_bits, F64)
+        _store(dense_ptr, offsets, value, valid)
 
 
 @_kernel
@@ -294,16 +249,17 @@ def _generator_args(total: int, ring_size: int, key: GeneratorKey) -> tuple:
     return (total - 1, low_bits, bits - low_bits, *key.round_keys, key.sign_key, ring_size), total > 1 << 32
 
 
-def _launch(kernel, table, values, start, positions, count, total, ring_size, key, gain, f64, block) -> None:
+def _launch(mode, table, values, start, positions, count, total, ring_size, key, gain, f64, block) -> None:
+    """Run ``_ring_map_kernel`` in ``mode`` (GATHER, SCATTER or INDICES) over ``count`` positions."""
     if count == 0:
         return
     args, wide = _generator_args(total, ring_size, key)
     span = positions is None
     where = values if span else positions  # an unused pointer for a span
     grid = (triton.cdiv(count, block or BLOCK),)
-    kernel[grid](
+    _ring_map_kernel[grid](
         table, values, where, start, count, *args, _float_bits(gain, f64),
-        SPAN=span, WIDE=wide, F64=f64, BLOCK=block or BLOCK,
+        MODE=mode, SPAN=span, WIDE=wide, F64=f64, BLOCK=block or BLOCK,
     )  # fmt: skip
 
 
@@ -325,7 +281,7 @@ def gather(
     f64 = table.dtype == torch.float64
     count = out.numel()
     with torch.cuda.device(out.device) if out.device.type == "cuda" else contextlib.nullcontext():
-        _launch(_gather_kernel, table, out, start, positions, count, total, table.numel(), key, gain, f64, block)
+        _launch(GATHER, table, out, start, positions, count, total, table.numel(), key, gain, f64, block)
 
 
 def scatter(
@@ -345,7 +301,7 @@ def scatter(
     flat = grad.detach().reshape(-1).contiguous()
     f64 = grad_ring.dtype == torch.float64
     with torch.cuda.device(flat.device) if flat.device.type == "cuda" else contextlib.nullcontext():
-        _launch(_scatter_kernel, grad_ring, flat, start, positions, flat.numel(), total, grad_ring.numel(), key,
+        _launch(SCATTER, grad_ring, flat, start, positions, flat.numel(), total, grad_ring.numel(), key,
                 gain, f64, block)  # fmt: skip
 
 
@@ -361,15 +317,8 @@ def signed_indices(
 ) -> None:
     """Write into ``out`` (flat, contiguous, int32 or int64) the indices into the signed ring
     ``[ring, -ring]`` (``generator.signed_indices``) of the positions of ``gather``."""
-    count = out.numel()
-    if count == 0:
-        return
-    args, wide = _generator_args(total, ring_size, key)
-    span = positions is None
     with torch.cuda.device(out.device) if out.device.type == "cuda" else contextlib.nullcontext():
-        _indices_kernel[(triton.cdiv(count, block or BLOCK),)](
-            out, out if span else positions, start, count, *args, SPAN=span, WIDE=wide, BLOCK=block or BLOCK
-        )
+        _launch(INDICES, out, out, start, positions, out.numel(), total, ring_size, key, 0.0, False, block)
 
 
 def projection(
