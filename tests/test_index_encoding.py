@@ -127,3 +127,40 @@ def test_projection_init_reads_indices_in_either_layout(monkeypatch):
     """``init="project"`` decodes the cache to signed indices: same ring in both layouts."""
     _, signed, sign_bit = _pair("bert_cls", monkeypatch, dof=0.5, init="project")
     torch.testing.assert_close(sign_bit.rpg_rings["default"], signed.rpg_rings["default"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sign_bit", [False, True])
+@pytest.mark.parametrize("with_base", [False, True])
+def test_numba_cached_kernels_are_bit_identical_to_the_torch_ops(dtype, sign_bit, with_base, monkeypatch):
+    """``gather_cached`` / ``scatter_cached_`` run numba kernels on CPU; with them turned off the
+    torch ops run. Both give the same bits (weights and ring gradients, repeated entries too)."""
+    from hf_rpg.spec import index_kernels
+
+    if not index_kernels.available("cpu"):
+        pytest.skip("numba does not import here: only the torch ops run")
+    generator = torch.Generator().manual_seed(1)
+    n, count = 97, 5000  # many repeats of each entry: the scatter's summation order matters
+    ring = torch.randn(n, dtype=dtype, generator=generator)
+    index = torch.randint(0, 2 * n, (count,), dtype=torch.int32, generator=generator)
+    table = torch.cat((ring, ring.neg()))
+    if sign_bit:
+        index, table = index_encoding.signed_to_sign_bit_(index, n), ring
+    base = torch.randn(count, dtype=dtype, generator=generator) if with_base else None
+    grad = torch.randn(count, dtype=dtype, generator=generator)
+    gain = 0.3741
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.empty(count, dtype=dtype)
+        index_encoding.gather_cached(table, index, out, gain, base, sign_bit)
+        grad_table = torch.zeros(table.numel(), dtype=dtype)
+        index_encoding.scatter_cached_(grad_table, index, grad, gain, sign_bit)
+        return out, grad_table
+
+    kernels = run()
+    assert index_encoding._numba_kernels(table) is not None
+    monkeypatch.setattr(index_encoding, "_numba_kernels", lambda *tensors: None)
+    torch_ops = run()
+    assert torch.equal(kernels[0], torch_ops[0])
+    assert torch.equal(kernels[1], torch_ops[1])
+    assert not torch.equal(kernels[1], torch.zeros_like(kernels[1]))

@@ -272,13 +272,7 @@ def _gather_job(
     def job() -> None:
         piece = values.narrow(0, start, length)
         part = base.narrow(0, start, length) if base is not None else None
-        if sign_bit:
-            index_encoding.gather_sign_bit(table, index.narrow(0, start, length), piece, gain, part)
-            return
-        torch.index_select(table, 0, index.narrow(0, start, length), out=piece)
-        piece.mul_(gain)
-        if part is not None:
-            piece.add_(part)
+        index_encoding.gather_cached(table, index.narrow(0, start, length), piece, gain, part, sign_bit)
 
     return job
 
@@ -286,9 +280,6 @@ def _gather_job(
 def _scatter_job(grad_table: torch.Tensor, sign_bit: bool, spans: list[tuple[torch.Tensor, torch.Tensor, float]]):
     def job() -> None:
         for index, grad, gain in spans:
-            if sign_bit:
-                index_encoding.scatter_sign_bit_(grad_table, index, grad, gain)
-            else:
-                grad_table.index_add_(0, index, grad.to(grad_table.dtype), alpha=gain)
+            index_encoding.scatter_cached_(grad_table, index, grad, gain, sign_bit)
 
     return job

@@ -226,3 +226,47 @@ def _indices_u64(start, positions, count, p64, ring_index, negative):
         inner = _mix64((x & _U64_M32) ^ sign_key)
         negative[j] = (_mix64((x >> _U64_S32) ^ inner) >> U64(31)) != U64(0)
         ring_index[j] = np.int64(x % n)
+
+
+# --------------------------------------------------------------------------------------
+# Gather and scatter through an int32 index cache (``index_encoding``): no index arithmetic,
+# only the indirect reads and writes that torch's index_select / index_add_ do, without
+# their per-element checks and dispatch (measured in docs/performance.md).
+# --------------------------------------------------------------------------------------
+
+_MAGNITUDE = np.int32(0x7FFFFFFF)
+
+
+@_njit
+def _cached_gather(table, index, out, gain, base, sign_bit):
+    """``out[j] = (s * table[k]) * gain (+ base[j])``: ``k = index[j]`` into the signed ring
+    ``[θ, −θ]`` (``s = +1``), or with ``sign_bit`` ``k = index[j] & 0x7FFFFFFF`` into ``θ`` and
+    ``s`` from bit 31. ``base`` is empty or one value per element. Each value is rounded as
+    index_select, a negation, ``mul_(gain)`` and ``add_(base)`` round it."""
+    with_base = base.shape[0] > 0
+    for j in range(index.shape[0]):
+        i = index[j]
+        if sign_bit:
+            value = table[i & _MAGNITUDE]
+            if i < 0:
+                value = -value
+        else:
+            value = table[i]
+        value = value * gain
+        if with_base:
+            value = value + base[j]
+        out[j] = value
+
+
+@_njit
+def _cached_scatter(grad_table, index, grad, gain, sign_bit):
+    """``grad_table[k] += (s * grad[j]) * gain`` in position order, ``k`` and ``s`` as in
+    ``_cached_gather`` (signed: ``k`` into the ``2N`` entries of ``[θ, −θ]``)."""
+    for j in range(index.shape[0]):
+        i = index[j]
+        value = grad[j]
+        if sign_bit:
+            if i < 0:
+                value = -value
+            i = i & _MAGNITUDE
+        grad_table[i] += value * gain
