@@ -43,12 +43,16 @@ if kind == "gpt2-medium":
     if case == "lora":
         import peft
         model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=targets, fan_in_fan_out=True))
-    elif case == "rpg":
+    elif case in ("rpg", "rpg-keep"):
         from hf_rpg import RPGConfig, apply_rpg
         lora_size = sum(8 * (m.weight.shape[0] + m.weight.shape[1]) for n, m in model.named_modules()
                         if n.endswith(tuple(targets)) and hasattr(m, "weight"))
-        model = apply_rpg(model, RPGConfig(mode="delta", dof=lora_size, target_modules=targets))
+        keep = {{"weights_in_backward": "keep"}} if case == "rpg-keep" else {{}}
+        model = apply_rpg(model, RPGConfig(mode="delta", dof=lora_size, target_modules=targets, **keep))
         info["index_cache_bytes"] = model.runtime_stats().index_cache_bytes
+    elif case == "weight-grad":  # the floor of a full-rank update: dL/dW of every target, no optimizer
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.rsplit(".", 2)[-2] in targets and n.endswith(".weight"))
     else:  # the frozen base alone, back-propagating to its inputs: the floor of any adapter
         for p in model.parameters():
             p.requires_grad_(False)
@@ -75,7 +79,7 @@ else:
 
 trainable = [p for p in model.parameters() if p.requires_grad]
 info["trainable"] = sum(p.numel() for p in trainable)
-optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable else None
+optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable and case != "weight-grad" else None
 model.train()
 info["rss_before_kib"] = rss_kib()
 times, losses = [], []
@@ -86,6 +90,8 @@ for _ in range(3):
     if optimizer is not None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    for p in trainable if optimizer is None else ():
+        p.grad = None
     times.append(time.perf_counter() - start)
     losses.append(loss.item())
 info.update(step_s=sorted(times[1:])[0] if len(times) > 1 else times[0], steps_s=times, losses=losses,
@@ -117,9 +123,15 @@ def _machine() -> str:
     )
 
 
+# frozen: the base back-propagating to its inputs (any adapter's floor); weight-grad: also each
+# target's dL/dW, no optimizer (a full-rank update's floor: the GEMM LoRA's factors avoid);
+# rpg-keep: hf_rpg keeping the generated weights for backward (no regeneration pass).
+GPT2_CASES = ("frozen", "weight-grad", "lora", "rpg", "rpg-keep")
+
+
 def gpt2_medium() -> dict:
     """Delta fine-tune of a GPT-2-medium-sized model vs PEFT LoRA r=8, same targets and size."""
-    return {case: _run("gpt2-medium", case) for case in ("frozen", "lora", "rpg")}
+    return {case: _run("gpt2-medium", case) for case in GPT2_CASES}
 
 
 def llama() -> dict:
@@ -128,12 +140,14 @@ def llama() -> dict:
 
 
 def _render(results: dict) -> str:
-    lines = ["# Memory that follows DoF (`benchmarks/scale.py`)", "", results.get("machine", ""), ""]
+    lines = ["# Memory that follows DoF (`benchmarks/scale.py`)", ""]
     g = results.get("gpt2-medium")
     if g:
         lora_peak = g["lora"]["peak_rss_kib"]
         lines += [
             "## GPT-2-medium-sized delta fine-tune vs LoRA r=8",
+            "",
+            results.get("machine gpt2-medium", results.get("machine", "")),
             "",
             "GPT2LMHeadModel (1024 x 24 layers, 355M parameters, random weights), targets "
             "`c_attn, c_proj, c_fc`, batch 2 x 128, AdamW, 3 steps; hf_rpg's ring has LoRA r=8's trainable "
@@ -145,9 +159,13 @@ def _render(results: dict) -> str:
         ]
         for case, label in (
             ("frozen", "frozen base (grad to inputs)"),
+            ("weight-grad", "frozen base + each target's dL/dW (no optimizer): a full-rank update's floor"),
             ("lora", "PEFT LoRA r=8"),
-            ("rpg", "hf_rpg delta"),
+            ("rpg", "hf_rpg delta (default: regenerates in backward)"),
+            ("rpg-keep", "hf_rpg delta, weights_in_backward='keep'"),
         ):
+            if case not in g:
+                continue
             r = g[case]
             lines.append(
                 f"| {label} | {r['trainable']:,} | {r['peak_rss_kib'] / 1024:,.0f} | "
@@ -162,6 +180,8 @@ def _render(results: dict) -> str:
         dense_gb = params * 16 / 1e9
         lines += [
             "## Replace mode, a Llama of several billion parameters built on the meta device",
+            "",
+            results.get("machine llama", results.get("machine", "")),
             "",
             f"LlamaForCausalLM config (hidden 4096, 25 layers, GQA 32/8 heads, vocab 32000, tied embeddings): "
             f"{params:,} parameters, {r['generated']:,} generated from rings of 4,000,000 entries in all "
@@ -183,13 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=["gpt2-medium", "llama", "all"])
     args = parser.parse_args(argv)
     results = json.loads(JSON_OUT.read_text()) if JSON_OUT.exists() else {}
-    results["machine"] = "Measured " + time.strftime("%Y-%m-%d %H:%M") + " on " + _machine() + "."
-    if args.what in ("gpt2-medium", "all"):
-        results["gpt2-medium"] = gpt2_medium()
-        JSON_OUT.write_text(json.dumps(results, indent=2) + "\n")
-    if args.what in ("llama", "all"):
-        results["llama"] = llama()
-        JSON_OUT.write_text(json.dumps(results, indent=2) + "\n")
+    measured = "Measured " + time.strftime("%Y-%m-%d %H:%M") + " on " + _machine() + "."
+    for what, run in (("gpt2-medium", gpt2_medium), ("llama", llama)):
+        if args.what in (what, "all"):
+            results[what] = run()
+            results[f"machine {what}"] = measured  # each section says when and where it ran
+            JSON_OUT.write_text(json.dumps(results, indent=2) + "\n")
     MD_OUT.write_text(_render(results))
     print(f"wrote {JSON_OUT} and {MD_OUT}")
     return 0
