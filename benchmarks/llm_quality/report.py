@@ -58,6 +58,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         lrs = sorted({r["lr"] for r in group if r["seed"] == 0})
         at_pick = [r for r in group if runner.lr_key(r["lr"]) == runner.lr_key(picked)]
         tests = [100 * r["test_acc"] for r in at_pick]
+        vals = [100 * r["val_acc"] for r in at_pick]
+        train_losses = [r["train_loss_last16"] for r in at_pick if r.get("train_loss_last16") is not None]
         rows.append(
             {
                 "task": task,
@@ -70,6 +72,9 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "val": 100 * next(r["val_acc"] for r in at_pick if r["seed"] == 0),
                 "mean": statistics.fmean(tests),
                 "std": statistics.stdev(tests) if len(tests) > 1 else None,
+                "val_mean": statistics.fmean(vals),
+                "val_std": statistics.stdev(vals) if len(vals) > 1 else None,
+                "train_loss": statistics.fmean(train_losses) if train_losses else None,
                 "seeds": len(tests),
                 # final: every seed at an interior pick (the protocol is done for this row)
                 "final": len(tests) >= len(runner.SEEDS) and runner.widen(lrs, picked) is None,
@@ -80,15 +85,20 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(row: dict[str, Any]) -> str:
-    std = f" ± {row['std']:.2f}" if row["std"] is not None else ""
-    return f"{row['mean']:.2f}{std}"
+def _fmt(row: dict[str, Any], mean: str = "mean", std: str = "std") -> str:
+    spread = f" ± {row[std]:.2f}" if row[std] is not None else ""
+    return f"{row[mean]:.2f}{spread}"
+
+
+def _loss(row: dict[str, Any]) -> str:
+    return f"{row['train_loss']:.3f}" if row["train_loss"] is not None else "-"
 
 
 def table(rows: list[dict[str, Any]], task: str) -> list[str]:
     lines = [
-        "| method | budget | trainable | lr (grid) | val (seed 0) | test, mean ± std | seeds | s/run | status |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---|",
+        "| method | budget | trainable | lr (grid) | val (seed 0) | val, mean ± std | train loss | test, mean ± std "
+        "| seeds | s/run | status |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if r["task"] != task:
@@ -98,7 +108,8 @@ def table(rows: list[dict[str, Any]], task: str) -> list[str]:
         budget = r["budget"] if isinstance(r["budget"], str) else f"{r['budget']:,}"
         lines.append(
             f"| {r['method']} | {budget} | {r['trainable']:,} | {r['lr']:.0e}{edge} ({grid}) | {r['val']:.2f} | "
-            f"{_fmt(r)} | {r['seeds']} | {r['seconds']:.0f} | {'final' if r['final'] else 'in progress'} |"
+            f"{_fmt(r, 'val_mean', 'val_std')} | {_loss(r)} | {_fmt(r)} | {r['seeds']} | {r['seconds']:.0f} | "
+            f"{'final' if r['final'] else 'in progress'} |"
         )
     return lines
 
@@ -130,9 +141,15 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
             waiting = [m for m in methods.PEERS if m not in {r["method"] for r in peers}]
             so_far = f" so far; not yet run or omitted here: {', '.join(waiting)}" if waiting else ""
             seeds = f"{ours['seeds']} vs {best['seeds']} seeds"
+            why = ""
+            if gap > tol:  # what the measurements say of the gap: fitting, or the test split
+                why = (
+                    f". Measured at the picks: validation {_fmt(ours, 'val_mean', 'val_std')} vs "
+                    f"{_fmt(best, 'val_mean', 'val_std')}, final training loss {_loss(ours)} vs {_loss(best)}"
+                )
             out.append(
                 f"- {task}, {budget:,}: hf_rpg {_fmt(ours)} vs best peer {best['method']} {_fmt(best)} "
-                f"({seeds}): **{verdict}**{so_far}"
+                f"({seeds}): **{verdict}**{so_far}{why}"
             )
         ours = mine.get(10000)
         if ours and lora_r1 and ours["final"] and lora_r1["final"]:
