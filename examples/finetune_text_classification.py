@@ -44,7 +44,7 @@ from hf_rpg.api.checkpoint import checkpoint_bytes
 from hf_rpg.api.cli import DOF_HELP, parse_dof
 from hf_rpg.format.report import size_ratio
 from hf_rpg_studies.data import find_rt_polarity, load_rt_polarity, minilm_path
-from hf_rpg_studies.loop import evaluate_model, train, use_cpu
+from hf_rpg_studies.loop import add_run_arguments, evaluate_model, train, use_cpu
 from hf_rpg_studies.threads import use_threads
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
@@ -85,15 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-lr", type=float, default=DENSE_LR, help="peak learning rate of --compare-dense")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is there")
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None, help="default: accelerate's")
-    p.add_argument("--max-train-samples", type=int, default=None)
-    p.add_argument("--max-eval-samples", type=int, default=None)
-    p.add_argument("--metric", default=str(LOCAL_ACCURACY), help="evaluate module path (default: the local accuracy)")
-    p.add_argument("--output-dir", type=Path, default=Path("outputs/text-classification"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: chosen)")
+    add_run_arguments(p, output_dir=Path("outputs/text-classification"), metric=LOCAL_ACCURACY)
     return p
 
 

@@ -41,7 +41,7 @@ from hf_rpg.api.cli import DOF_HELP, parse_dof
 from hf_rpg.format.report import size_ratio
 from hf_rpg_studies.data import find_fashion_mnist, image_tensors, load_image_dataset
 from hf_rpg_studies.demo import build_digits_model
-from hf_rpg_studies.loop import evaluate_model, train, use_cpu
+from hf_rpg_studies.loop import add_run_arguments, evaluate_model, train, use_cpu
 from hf_rpg_studies.threads import use_threads
 
 LOCAL_ACCURACY = Path(__file__).resolve().parent / "metrics" / "accuracy"
@@ -73,15 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch-size", type=int, default=500, help="per process")
     p.add_argument("--lr", type=float, default=1e-2, help="peak of the one-cycle schedule")
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is there")
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None, help="default: accelerate's")
-    p.add_argument("--max-train-samples", type=int, default=None)
-    p.add_argument("--max-eval-samples", type=int, default=None)
-    p.add_argument("--metric", default=str(LOCAL_ACCURACY), help="evaluate module path (default: the local accuracy)")
-    p.add_argument("--output-dir", type=Path, default=Path("outputs/image-classification"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: chosen)")
+    add_run_arguments(p, output_dir=Path("outputs/image-classification"), metric=LOCAL_ACCURACY)
     return p
 
 

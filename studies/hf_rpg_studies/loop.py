@@ -3,10 +3,12 @@ DDP or FSDP2 alike)."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import evaluate
@@ -80,3 +82,17 @@ def use_cpu(requested: bool) -> bool:
     cpu=True; without it ``torchrun`` on a machine with no GPU gives independent processes."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return requested or (distributed and not torch.accelerator.is_available())
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, output_dir: Path, metric: Path) -> None:
+    """The options every Accelerate example takes the same way: devices, precision, data caps,
+    the metric, outputs, seed and threads."""
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is there")
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None, help="default: accelerate's")
+    parser.add_argument("--max-train-samples", type=int, default=None)
+    parser.add_argument("--max-eval-samples", type=int, default=None)
+    parser.add_argument("--metric", default=str(metric), help="evaluate module path (default: the local accuracy)")
+    parser.add_argument("--output-dir", type=Path, default=output_dir)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: chosen)")
