@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.peft_peers import peft_peer
 from benchmarks.quality.methods import Plan  # one (method, budget) and its lr grid, as there
 from hf_rpg import RPGConfig, apply_rpg
 
@@ -126,29 +127,6 @@ def plans(base: nn.Module, methods: list[str], budgets: list[int]) -> list[Plan]
     return out
 
 
-def _peft_model(model: nn.Module, method: str, cfg: dict[str, Any], seed: int) -> nn.Module:
-    import peft
-
-    common = {"target_modules": QV, "task_type": "CAUSAL_LM"}
-    if method == "lora":
-        config = peft.LoraConfig(**common, **cfg, lora_dropout=0.0)
-    elif method == "vera":
-        config = peft.VeraConfig(**common, **cfg, projection_prng_key=seed)
-    elif method == "unilora":
-        config = peft.UniLoraConfig(**common, **cfg, proj_seed=seed)
-    elif method == "tinylora":
-        config = peft.TinyLoraConfig(**common, **cfg, projection_seed=seed)
-    elif method == "fourierft":
-        # init_weights=True starts the spectrum at zero (the model starts as the base), as every
-        # other method here; PEFT's default random start moves the weights before any step.
-        config = peft.FourierFTConfig(**common, **cfg, random_loc_seed=seed, init_weights=True)
-    elif method == "vblora":
-        config = peft.VBLoRAConfig(**common, **cfg)
-    else:
-        raise ValueError(method)
-    return peft.get_peft_model(model, config)
-
-
 def build(base: nn.Module, p: Plan, seed: int) -> tuple[nn.Module, list[dict[str, Any]], int, dict[str, Any]]:
     """A fresh copy of ``base`` with the method applied: ``(model, parameter groups with a 'scale'
     of the method lr, trainable count, facts for the record)``."""
@@ -161,7 +139,7 @@ def build(base: nn.Module, p: Plan, seed: int) -> tuple[nn.Module, list[dict[str
         for param in model.parameters():
             param.requires_grad_(True)
     elif p.method in PEERS:
-        model = _peft_model(model, p.method, p.config or {}, seed)
+        model = peft_peer(model, p.method, p.config or {}, seed, target_modules=QV, task_type="CAUSAL_LM")
     else:
         model = apply_rpg(model, RPGConfig(mode="delta", seed=seed, **(p.config or {})))
         report = model.dof_report()

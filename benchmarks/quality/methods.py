@@ -12,6 +12,7 @@ import torch
 import transformers
 from torch import nn
 
+from benchmarks.peft_peers import peft_peer
 from hf_rpg import RPGConfig, apply_rpg
 
 from .protocol import (
@@ -80,7 +81,10 @@ def plan(task: Task, method: str, budget: int) -> Plan:
     if method == "fourierft":
         scaling = 150.0 if task.name == "text" else 300.0
         freq = max(1, round(budget / n))
-        return Plan(method, budget, {"n_frequency": freq, "scaling": scaling}, LR_GRIDS[method])
+        # init_weights=True (a zero start, benchmarks/peft_peers.py) is in the config so that runs made
+        # with PEFT's random start are neither skipped nor mixed into this row
+        config = {"n_frequency": freq, "scaling": scaling, "init_weights": True}
+        return Plan(method, budget, config, LR_GRIDS[method])
     if method == "vblora":
         length = 128 if task.name == "text" else 64
         r = 4
@@ -115,27 +119,6 @@ def plans(task: Task, methods: list[str], budgets: list[int], smoke: bool) -> li
     return out
 
 
-def _peft_model(task: Task, model: nn.Module, method: str, cfg: dict, seed: int) -> nn.Module:
-    import peft
-
-    common = {"target_modules": qv_names(model), "modules_to_save": ["classifier"]}
-    if task.task_type:
-        common["task_type"] = task.task_type
-    if method == "lora":
-        config = peft.LoraConfig(**common, **cfg, lora_dropout=0.0)
-    elif method == "vera":
-        config = peft.VeraConfig(**common, **cfg, projection_prng_key=seed)
-    elif method == "unilora":
-        config = peft.UniLoraConfig(**common, **cfg, proj_seed=seed)
-    elif method == "fourierft":
-        config = peft.FourierFTConfig(**common, **cfg, random_loc_seed=seed)
-    elif method == "vblora":
-        config = peft.VBLoRAConfig(**common, **cfg)
-    else:
-        raise ValueError(method)
-    return peft.get_peft_model(model, config)
-
-
 def build(task: Task, p: Plan, seed: int) -> tuple[nn.Module, list[dict], int, dict]:
     """The model of one run, its parameter groups (without lrs), the method's trainable count
     and extra facts for the record."""
@@ -146,7 +129,10 @@ def build(task: Task, p: Plan, seed: int) -> tuple[nn.Module, list[dict], int, d
         for name, param in model.named_parameters():
             param.requires_grad_(p.method == "full" or _is_head(name))
     elif p.method in PEERS:
-        model = _peft_model(task, model, p.method, p.config, seed)
+        common = {"target_modules": qv_names(model), "modules_to_save": ["classifier"]}
+        if task.task_type:
+            common["task_type"] = task.task_type
+        model = peft_peer(model, p.method, p.config, seed, **common)
     else:
         kwargs = {k: (v(model) if callable(v) else v) for k, v in RPG_VARIANTS[p.method].items()}
         if "target_modules" in kwargs and isinstance(kwargs["target_modules"], list):
