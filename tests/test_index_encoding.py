@@ -164,3 +164,16 @@ def test_numba_cached_kernels_are_bit_identical_to_the_torch_ops(dtype, sign_bit
     assert torch.equal(kernels[0], torch_ops[0])
     assert torch.equal(kernels[1], torch_ops[1])
     assert not torch.equal(kernels[1], torch.zeros_like(kernels[1]))
+
+
+def test_numba_cached_kernels_leave_storages_resizable():
+    """FSDP2 frees an unsharded parameter by resizing its storage to zero; ``Tensor.numpy()``
+    would forbid that for good, so the kernels read the tensors through plain NumPy views."""
+    n, count = 11, 64
+    ring, base = torch.randn(n), torch.randn(count)
+    index = torch.randint(0, 2 * n, (count,), dtype=torch.int32)
+    table, out, grad_table = torch.cat((ring, ring.neg())), torch.empty(count), torch.zeros(2 * n)
+    index_encoding.gather_cached(table, index, out, 0.5, base, sign_bit=False)
+    index_encoding.scatter_cached_(grad_table, index, out, 0.5, sign_bit=False)
+    for tensor in (table, index, out, base, grad_table):
+        tensor.untyped_storage().resize_(0)  # raises "not resizable" after Tensor.numpy()

@@ -30,6 +30,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .kernel_arguments import numpy_view
+
 SIGN_BIT = -(1 << 31)  # bit 31 of an int32
 MAGNITUDE = (1 << 31) - 1
 
@@ -55,7 +57,7 @@ def signed_to_sign_bit_(index: torch.Tensor, ring_size: int) -> torch.Tensor:
     one add per element (``v + [v >= N] * (2**31 - N)`` modulo ``2**32``), block by block in
     cache. NumPy because torch's uint32 tensors lack these ops; about 1 ns per element.
     """
-    words = index.numpy().view(np.uint32)
+    words = numpy_view(index).view(np.uint32)
     ring32, shift = np.uint32(ring_size), np.uint32((1 << 31) - ring_size)
     negative = np.empty(min(BLOCK, words.size), dtype=np.uint32)
     for start in range(0, words.size, BLOCK):
@@ -132,9 +134,10 @@ def _numba_kernels(*tensors: torch.Tensor):
     from . import index_kernels  # numba is imported on first use only
 
     first = tensors[0]
-    if first.device.type != "cpu" or first.dtype not in _NUMBA_DTYPES or torch.compiler.is_compiling():
+    floats = (torch.float32, torch.float64)
+    if first.device.type != "cpu" or first.dtype not in floats or torch.compiler.is_compiling():
         return None
-    if any(t.dtype != first.dtype or t.device.type != "cpu" for t in tensors[1:]):
+    if any(t.dtype != first.dtype or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
         return None
     return index_kernels._kernels() if index_kernels.available(first.device) else None
 
@@ -150,10 +153,10 @@ def gather_cached(
     """``out = gain * sign * ring[k]`` (+ ``base``) from an int32 cache ``index`` in either
     layout (``table`` is ``θ`` for the sign-bit layout, ``[θ, −θ]`` for the signed one)."""
     kernels = _numba_kernels(table, out, *(() if base is None else (base,)))
-    if kernels is not None and index.dtype == torch.int32:
+    if kernels is not None and index.dtype == torch.int32 and index.is_contiguous():
         kind = _NUMBA_DTYPES[table.dtype]
-        bases = base.numpy() if base is not None else np.empty(0, kind)
-        kernels._cached_gather(table.numpy(), index.numpy(), out.numpy(), kind(gain), bases, sign_bit)
+        bases = numpy_view(base) if base is not None else np.empty(0, kind)
+        kernels._cached_gather(numpy_view(table), numpy_view(index), numpy_view(out), kind(gain), bases, sign_bit)
     elif sign_bit:
         gather_sign_bit(table, index, out, gain, base)
     else:
@@ -167,10 +170,10 @@ def scatter_cached_(grad_table: torch.Tensor, index: torch.Tensor, grad: torch.T
     """``grad_table[k] += gain * sign * grad`` from an int32 cache ``index`` in either layout
     (``grad_table`` has ``N`` entries for the sign-bit layout, ``2N`` for the signed one)."""
     kernels = _numba_kernels(grad_table)
-    if kernels is not None and index.dtype == torch.int32:
+    if kernels is not None and index.dtype == torch.int32 and index.is_contiguous():
         source = grad.to(grad_table.dtype).contiguous()
         kind = _NUMBA_DTYPES[grad_table.dtype]
-        kernels._cached_scatter(grad_table.numpy(), index.numpy(), source.numpy(), kind(gain), sign_bit)
+        kernels._cached_scatter(numpy_view(grad_table), numpy_view(index), numpy_view(source), kind(gain), sign_bit)
     elif sign_bit:
         scatter_sign_bit_(grad_table, index, grad, gain)
     else:

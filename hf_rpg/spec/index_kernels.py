@@ -45,7 +45,7 @@ from .generator import (
     signed_indices,
     uint32_path_applies,
 )
-from .kernel_arguments import check_common, check_gain, check_grad, check_int, check_span
+from .kernel_arguments import check_common, check_gain, check_grad, check_int, check_span, numpy_view
 
 # Set HF_RPG_NO_KERNELS=1 to force the tensor path (a debugging switch).
 _DISABLED = os.environ.get("HF_RPG_NO_KERNELS", "") not in ("", "0")
@@ -165,7 +165,7 @@ def _check_positions(positions: torch.Tensor, total: int) -> torch.Tensor:
     if flat.numel() == 0:
         return flat
     if _numba_serves(flat.device):
-        low, high = _kernels()._min_max(flat.numpy())
+        low, high = _kernels()._min_max(numpy_view(flat))
     else:
         low, high = (int(v) for v in torch.aminmax(flat))  # one pass; a host sync on GPUs
     if low < 0 or high >= total:
@@ -178,7 +178,7 @@ def _fused(ring: torch.Tensor, total: int, n: int) -> bool:
 
 
 def _bits16(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().view(torch.int16).numpy().view(np.uint16)
+    return numpy_view(tensor.detach())
 
 
 def _worker_spans(count: int, least: int | None = None) -> list[tuple[int, int]]:
@@ -213,7 +213,7 @@ def _fused_gather(ring, total, n, key, start, positions, out, gain) -> None:
     jobs = []
     for offset, length in _worker_spans(out.numel()):
         piece = out[offset : offset + length]
-        where = empty if positions is None else positions[offset : offset + length].numpy()
+        where = empty if positions is None else numpy_view(positions[offset : offset + length])
         first = start + offset if positions is None else 0
         if ring.dtype == torch.bfloat16:
             unused = np.empty(0, np.float32)
@@ -230,7 +230,16 @@ def _fused_gather(ring, total, n, key, start, positions, out, gain) -> None:
             )
         else:
             kind = np.float64 if ring.dtype == torch.float64 else np.float32
-            args = (_kernels()._map_float, table.numpy(), piece.detach().numpy(), first, where, p, kind(gain), False)
+            args = (
+                _kernels()._map_float,
+                numpy_view(table),
+                numpy_view(piece.detach()),
+                first,
+                where,
+                p,
+                kind(gain),
+                False,
+            )
         jobs.append(lambda a=args: a[0](*a[1:]))
     _in_threads(jobs)
 
@@ -251,14 +260,23 @@ def _fused_scatter(grad_ring, total, n, key, start, positions, grad, gain) -> No
     jobs = []
     for (offset, length), target in zip(spans, targets, strict=True):
         piece = flat[offset : offset + length]
-        where = empty if positions is None else positions[offset : offset + length].numpy()
+        where = empty if positions is None else numpy_view(positions[offset : offset + length])
         first = start + offset if positions is None else 0
         if piece.dtype == torch.bfloat16:
             unused = np.empty(0, np.uint16)
-            ring = target.detach().numpy()
+            ring = numpy_view(target.detach())
             args = (_kernels()._map_bf16, unused, ring, _bits16(piece), first, where, p, kind(gain), True)
         else:
-            args = (_kernels()._map_float, target.detach().numpy(), piece.numpy(), first, where, p, kind(gain), True)
+            args = (
+                _kernels()._map_float,
+                numpy_view(target.detach()),
+                numpy_view(piece),
+                first,
+                where,
+                p,
+                kind(gain),
+                True,
+            )
         jobs.append(lambda a=args: a[0](*a[1:]))
     _in_threads(jobs)
     for partial in targets[1:]:
@@ -271,7 +289,7 @@ def _index_chunk(total: int, n: int, key: GeneratorKey, start: int, positions, c
         # int64 domain: the generator's int64 tensor path is slow on CPU, this kernel is exact too
         ring_index = np.empty(count, np.int64)
         negative = np.empty(count, np.bool_)
-        where = np.empty(0, np.int64) if positions is None else positions.numpy()
+        where = np.empty(0, np.int64) if positions is None else numpy_view(positions)
         _kernels()._indices_u64(start, where, count, _params64(total, n, key), ring_index, negative)
         return torch.from_numpy(ring_index + n * negative)
     if positions is None:

@@ -1,15 +1,41 @@
 """The arguments of the fused ``rpg-v1`` kernels (``index_kernels``), checked before any kernel
 runs: a bad ring, key, span, gain or gradient raises a clear ``ValueError`` here instead of
-reading or writing out of bounds inside compiled code."""
+reading or writing out of bounds inside compiled code; and how tensors reach the numba kernels
+(``numpy_view``)."""
 
 from __future__ import annotations
 
+import ctypes
 import numbers
 import operator
 
+import numpy as np
 import torch
 
 from .generator import GeneratorKey
+
+_NUMPY_DTYPES = {
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+    torch.int32: np.int32,
+    torch.int64: np.int64,
+    torch.bfloat16: np.uint16,  # bit patterns
+    torch.float16: np.float16,
+}
+
+
+def numpy_view(tensor: torch.Tensor) -> np.ndarray:
+    """A flat NumPy view of a contiguous CPU tensor's memory (bfloat16 as uint16 bit patterns),
+    for the numba kernels. Not ``Tensor.numpy()``: that marks the tensor's storage as never
+    resizable, and FSDP2 frees an unsharded parameter (a ring, a delta target's base weight) by
+    resizing its storage to zero."""
+    if not tensor.is_contiguous() or tensor.device.type != "cpu":
+        raise ValueError(f"numpy_view needs a contiguous CPU tensor, got {tuple(tensor.stride())} on {tensor.device}")
+    dtype = _NUMPY_DTYPES[tensor.dtype]
+    if tensor.numel() == 0:
+        return np.empty(0, dtype)
+    memory = (ctypes.c_char * (tensor.numel() * tensor.element_size())).from_address(tensor.data_ptr())
+    return np.frombuffer(memory, dtype=dtype)
 
 
 def check_int(name: str, value: object) -> int:
