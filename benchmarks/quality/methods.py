@@ -18,7 +18,7 @@ from hf_rpg import RPGConfig, apply_rpg
 from .protocol import (
     BUDGET_TOLERANCE,
     HEAD_LR,
-    LORA_ALPHA,
+    LORA_ALPHA_PER_RANK,
     LR_GRIDS,
     PEERS,
     RPG_VARIANTS,
@@ -56,7 +56,8 @@ def plan(task: Task, method: str, budget: int) -> Plan:
     hidden = task.base.config.hidden_size
     io = sum(i + o for _, i, o in targets)
     if method == "lora":
-        cands = [(r * io, {"r": r, "lora_alpha": LORA_ALPHA}) for r in range(1, min(i for _, i, _ in targets) + 1)]
+        ranks = range(1, min(i for _, i, _ in targets) + 1)
+        cands = [(r * io, {"r": r, "lora_alpha": LORA_ALPHA_PER_RANK * r}) for r in ranks]
         count, cfg = _nearest(cands, budget)
         if not 1 / BUDGET_TOLERANCE <= count / budget <= BUDGET_TOLERANCE:
             return Plan(method, budget, None, [], f"the nearest LoRA (r={cfg['r']}) has {count:,} parameters")

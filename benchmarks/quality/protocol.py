@@ -29,7 +29,10 @@ GRAD_CLIP = 1.0
 BUDGET_TOLERANCE = 1.5
 VERA_MAX_RANK = 1024  # the largest r of the VeRA paper's experiments (GLUE, RoBERTa-base)
 VBLORA_LOGITS_LR_FACTOR = 10.0  # VB-LoRA's scripts: vector bank 1e-3, logits 1e-2
-LORA_ALPHA = 8  # PEFT's default
+# lora_alpha = LORA_ALPHA_PER_RANK * r: the alpha/r = 2 that PEFT's and transformers' guides quote
+# (runs before 2026-12-03 used PEFT's default alpha 8 at every r: a scale of 8 at r=1; their rows
+# keep lora_alpha=8 in their config)
+LORA_ALPHA_PER_RANK = 2
 
 # Method learning-rate grids (the task head always trains at HEAD_LR). Log-spaced by ~3x.
 LR_GRIDS: dict[str, list[float]] = {
@@ -132,13 +135,15 @@ only, one thread). Seeds set the head init, the data order, dropout and the adap
 Methods (PEFT peers on the attention query and value projections, `modules_to_save=["classifier"]`):
 
 - `head`: only the task head trains (budget 0); `full`: every parameter trains at the method lr.
-- `lora`: r chosen per budget (nearest count), `lora_alpha={LORA_ALPHA}` (PEFT's default), no dropout.
+- `lora`: r chosen per budget (nearest count), `lora_alpha={LORA_ALPHA_PER_RANK} r` (alpha/r = 2, as PEFT's
+  and transformers' guides quote; older rows: alpha 8), no dropout.
 - `vera`: count r + out_features per target; r chosen per budget (nearest count), r <= {VERA_MAX_RANK}
   (the VeRA paper's largest), `d_initial=0.1` (default).
 - `unilora`: `theta_d_length` = budget; r = 4 (the default), doubled until the LoRA space
   r * sum(in + out) is at least 1.5x the budget (so that each entry of `theta_d` is shared).
 - `fourierft`: `n_frequency` = round(budget / number of targets); `scaling` 150 for text (the docstring's
-  value for RoBERTa on GLUE) and 300 for vision (its value for ViT image classification).
+  value for RoBERTa on GLUE) and 300 for vision (its value for ViT image classification);
+  `init_weights=True` (the spectrum starts at zero, the model as the base; older rows: PEFT's random start).
 - `vblora`: topk = 2 and r = 4 (the paper's), vector length 128 (text) / 64 (vision) (divides the
   hidden size), number of vectors chosen to meet the budget (bank + logits); r halved while fewer than
   4 vectors would fit.
