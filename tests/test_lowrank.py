@@ -21,7 +21,8 @@ from hf_rpg import RPGConfig, RPGModel, apply_rpg
 from hf_rpg.errors import RPGConfigError, RPGManifestMismatchError
 from hf_rpg.format.manifest import Layout
 from hf_rpg.spec.generator import build_signed_index, derive_key
-from hf_rpg.spec.lowrank import LOWRANK_VERSION, projection, reference_projection_sign
+from hf_rpg.spec.lowrank import projection, reference_projection_sign
+from hf_rpg.spec.lowrank_shapes import LOWRANK_VERSION
 
 # (seed, target name, rank, in_features) -> the signs of P, row-major
 GOLDEN_PROJECTION = [

@@ -22,7 +22,7 @@ from ..errors import RPGConfigError
 from ..format.manifest import Layout, RingLayout, TargetLayout
 from ..runtime.plan import ADDITIVE, LOWRANK, MERGED, REPLACE, Plan, Serving, TargetPlan
 from ..spec.generator import MAX_POSITIONS
-from ..spec.lowrank import LOWRANK_KINDS, factor_shape, features
+from ..spec.lowrank_shapes import LOWRANK_KINDS, factor_shape, features
 from .config import AUTO_INDEX_CACHE_ELEMENTS, AUTO_RANK, AUTO_RANK_ELEMENTS_PER_DOF, RPGConfig
 from .targets import FoundTarget, select
 

@@ -16,7 +16,7 @@ from ..describe import is_int as _is_int
 from ..describe import short
 from ..errors import RPGManifestMismatchError
 from ..spec.generator import MAX_POSITIONS
-from ..spec.lowrank import LOWRANK_KINDS, LOWRANK_VERSION, SUPPORTED_LOWRANK, factor_shape
+from ..spec.lowrank_shapes import LOWRANK_KINDS, LOWRANK_VERSION, SUPPORTED_LOWRANK, factor_shape
 
 # Ring names become safetensors keys and ParameterDict keys: keep them plain.
 RING_NAME_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,64}")

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import RPGStateError
-from ..spec.lowrank import delta_weight, features, projection
+from ..spec.lowrank import delta_weight, projection
+from ..spec.lowrank_shapes import features
 from .buffer_pool import BufferPool
 from .embedding_rows import embedding_rows
 from .index_cache import RingIndices

@@ -24,7 +24,8 @@ from hf_rpg import RPGConfig, apply_rpg
 from hf_rpg.spec import index_kernels
 from hf_rpg.spec import triton_kernels as kernels
 from hf_rpg.spec.generator import build_signed_index, derive_key, signed_indices
-from hf_rpg.spec.lowrank import REFERENCE_RANK, projection, projection_key_name
+from hf_rpg.spec.lowrank import projection, projection_key_name
+from hf_rpg.spec.lowrank_shapes import REFERENCE_RANK
 
 if not kernels.INTERPRETED:
     pytest.skip("run with TRITON_INTERPRET=1 (see the module docstring)", allow_module_level=True)
