@@ -17,6 +17,7 @@ from test_generator import GOLDEN
 
 from hf_rpg.spec import index_kernels as K
 from hf_rpg.spec.generator import build_signed_index, derive_key, reference_signed_index, signed_indices
+from hf_rpg.spec.kernel_arguments import division_magic
 
 COMPILED = K.available(torch.device("cpu"))
 
@@ -264,7 +265,7 @@ def test_division_magic_is_exact():
     sizes = [1, 2, 3, 5, 7, 255, 256, 257, 65535, 65536, 65537, 400_000, 2**29 + 1, 2**30 - 1, 2**31 - 1]
     sizes += [rng.randint(1, 2**31 - 1) for _ in range(200)]
     for n in sizes:
-        magic, sh1, sh2 = K._division_magic(n)
+        magic, sh1, sh2 = division_magic(n)
         assert 0 < magic < 2**32
         for q in [0, 1, n - 1, n, n + 1, 2**32 - 1, 2**32 - n, *(rng.getrandbits(32) for _ in range(50))]:
             if not 0 <= q < 2**32:

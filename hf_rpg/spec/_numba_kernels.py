@@ -84,7 +84,7 @@ def _load_block(x, m, base, positions):
 def _index_block(x, m, p, pend, pv, ring_index, sign):
     """In place: positions ``x[:m]`` to ``ring_index[:m] = q mod N`` and ``sign[:m] = s(q)``.
 
-    ``p`` holds the parameters from ``_params``; ``pend`` / ``pv`` are scratch.
+    ``p`` holds the parameters from ``kernel_arguments.kernel_params``; ``pend`` / ``pv`` are scratch.
     """
     total, lb, hb, lm, hm, k0, k1, k2, k3, sign_key, magic, sh1, sh2, n = p
     if total == U64(1):

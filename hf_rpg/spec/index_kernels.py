@@ -41,11 +41,19 @@ import torch
 from .generator import (
     GeneratorKey,
     build_signed_index,
-    domain_bits,
     signed_indices,
     uint32_path_applies,
 )
-from .kernel_arguments import check_common, check_gain, check_grad, check_int, check_span, numpy_view
+from .kernel_arguments import (
+    check_common,
+    check_gain,
+    check_grad,
+    check_int,
+    check_span,
+    kernel_params,
+    kernel_params64,
+    numpy_view,
+)
 
 # Set HF_RPG_NO_KERNELS=1 to force the tensor path (a debugging switch).
 _DISABLED = os.environ.get("HF_RPG_NO_KERNELS", "") not in ("", "0")
@@ -121,40 +129,8 @@ def available(device: torch.device | str) -> bool:
 
 
 # --------------------------------------------------------------------------------------
-# Parameters and validation
+# Validation
 # --------------------------------------------------------------------------------------
-
-
-def _feistel_widths(total: int) -> tuple[int, int]:
-    bits = domain_bits(total)
-    return (bits + 1) // 2, bits - (bits + 1) // 2
-
-
-def _division_magic(n: int) -> tuple[int, int, int]:
-    """Multiplier and shifts such that ``q // n == (t + ((q - t) >> s1)) >> s2`` with
-    ``t = (q * m) >> 32``, for every ``q < 2**32`` (Granlund and Montgomery 1994, fig. 4.1)."""
-    length = (n - 1).bit_length()  # ceil(log2 n)
-    return ((1 << 32) * ((1 << length) - n)) // n + 1, min(length, 1), max(length - 1, 0)
-
-
-def _params(total: int, ring_size: int, key: GeneratorKey) -> tuple:
-    """Kernel parameters of the uint32 domain (``uint32_path_applies``)."""
-    low_bits, high_bits = _feistel_widths(total)
-    magic, sh1, sh2 = _division_magic(ring_size)
-    u = np.uint32
-    return (
-        np.uint64(total), u(low_bits), u(high_bits), u((1 << low_bits) - 1), u((1 << high_bits) - 1),
-        *(u(k) for k in key.round_keys), u(key.sign_key), u(magic), u(sh1), u(sh2), u(ring_size),
-    )  # fmt: skip
-
-
-def _params64(total: int, ring_size: int, key: GeneratorKey) -> tuple:
-    low_bits, high_bits = _feistel_widths(total)
-    u = np.uint64
-    return (
-        u(total), u(low_bits), u(high_bits), u((1 << low_bits) - 1), u((1 << high_bits) - 1),
-        *(u(k) for k in key.round_keys), u(key.sign_key), u(ring_size),
-    )  # fmt: skip
 
 
 def _check_positions(positions: torch.Tensor, total: int) -> torch.Tensor:
@@ -207,7 +183,7 @@ def _in_threads(jobs: list) -> None:
 
 def _fused_gather(ring, total, n, key, start, positions, out, gain) -> None:
     """Fill ``out`` (flat, contiguous) with the generated values, in worker-thread pieces."""
-    p = _params(total, n, key)
+    p = kernel_params(total, n, key)
     table = ring.detach().reshape(-1).contiguous()
     empty = np.empty(0, np.int64)
     jobs = []
@@ -247,7 +223,7 @@ def _fused_gather(ring, total, n, key, start, positions, out, gain) -> None:
 def _fused_scatter(grad_ring, total, n, key, start, positions, grad, gain) -> None:
     """Scatter-add into ``grad_ring`` (float32 / float64, flat, contiguous); worker threads
     after the first sum into their own buffers, added at the end."""
-    p = _params(total, n, key)
+    p = kernel_params(total, n, key)
     empty = np.empty(0, np.int64)
     kind = np.float64 if grad_ring.dtype == torch.float64 else np.float32
     flat = grad.detach().reshape(-1).contiguous()
@@ -290,7 +266,7 @@ def _index_chunk(total: int, n: int, key: GeneratorKey, start: int, positions, c
         ring_index = np.empty(count, np.int64)
         negative = np.empty(count, np.bool_)
         where = np.empty(0, np.int64) if positions is None else numpy_view(positions)
-        _kernels()._indices_u64(start, where, count, _params64(total, n, key), ring_index, negative)
+        _kernels()._indices_u64(start, where, count, kernel_params64(total, n, key), ring_index, negative)
         return torch.from_numpy(ring_index + n * negative)
     if positions is None:
         return build_signed_index(total, n, key, start=start, stop=start + count, device=device)

@@ -12,7 +12,7 @@ import operator
 import numpy as np
 import torch
 
-from .generator import GeneratorKey
+from .generator import GeneratorKey, domain_bits
 
 _NUMPY_DTYPES = {
     torch.float32: np.float32,
@@ -36,6 +36,40 @@ def numpy_view(tensor: torch.Tensor) -> np.ndarray:
         return np.empty(0, dtype)
     memory = (ctypes.c_char * (tensor.numel() * tensor.element_size())).from_address(tensor.data_ptr())
     return np.frombuffer(memory, dtype=dtype)
+
+
+def feistel_widths(total: int) -> tuple[int, int]:
+    """The Feistel halves' bit widths of the domain ``[0, total)``."""
+    bits = domain_bits(total)
+    return (bits + 1) // 2, bits - (bits + 1) // 2
+
+
+def division_magic(n: int) -> tuple[int, int, int]:
+    """Multiplier and shifts such that ``q // n == (t + ((q - t) >> s1)) >> s2`` with
+    ``t = (q * m) >> 32``, for every ``q < 2**32`` (Granlund and Montgomery 1994, fig. 4.1)."""
+    length = (n - 1).bit_length()  # ceil(log2 n)
+    return ((1 << 32) * ((1 << length) - n)) // n + 1, min(length, 1), max(length - 1, 0)
+
+
+def kernel_params(total: int, ring_size: int, key: GeneratorKey) -> tuple:
+    """The numba kernels' parameters in the uint32 domain (``uint32_path_applies``)."""
+    low_bits, high_bits = feistel_widths(total)
+    magic, sh1, sh2 = division_magic(ring_size)
+    u = np.uint32
+    return (
+        np.uint64(total), u(low_bits), u(high_bits), u((1 << low_bits) - 1), u((1 << high_bits) - 1),
+        *(u(k) for k in key.round_keys), u(key.sign_key), u(magic), u(sh1), u(sh2), u(ring_size),
+    )  # fmt: skip
+
+
+def kernel_params64(total: int, ring_size: int, key: GeneratorKey) -> tuple:
+    """The numba int64 index kernel's parameters (domains beyond uint32)."""
+    low_bits, high_bits = feistel_widths(total)
+    u = np.uint64
+    return (
+        u(total), u(low_bits), u(high_bits), u((1 << low_bits) - 1), u((1 << high_bits) - 1),
+        *(u(k) for k in key.round_keys), u(key.sign_key), u(ring_size),
+    )  # fmt: skip
 
 
 def check_int(name: str, value: object) -> int:
