@@ -16,9 +16,10 @@ saved), picked per ring for speed:
 
 On CPU, for float32 and float64, numba kernels do the gather and the scatter-add of either
 layout in one pass (``gather_cached`` / ``scatter_cached_``), with the same roundings as the
-torch ops below them (bit-identical: ``tests/test_index_encoding.py``), about 5x faster than
-torch's ``index_add_`` on one thread; elsewhere (other dtypes, GPUs, under
-``torch.compile``) the torch ops run.
+torch ops below them (bit-identical: ``tests/test_index_encoding.py``) and 5-16% faster per
+element than them on one thread (the random reads of the ring dominate either way:
+``docs/performance.md``); elsewhere (other dtypes, GPUs, under ``torch.compile``) the torch
+ops run.
 
 Both layouts give bit-identical weights. The ring gradients agree to rounding: the sign
 bit layout sums a ring entry's uses in position order, the signed one sums its positive
