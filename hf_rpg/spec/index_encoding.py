@@ -135,8 +135,7 @@ def _numba_kernels(*tensors: torch.Tensor):
     from . import index_kernels  # numba is imported on first use only
 
     first = tensors[0]
-    floats = (torch.float32, torch.float64)
-    if first.device.type != "cpu" or first.dtype not in floats or torch.compiler.is_compiling():
+    if first.device.type != "cpu" or first.dtype not in _NUMBA_DTYPES or torch.compiler.is_compiling():
         return None
     if any(t.dtype != first.dtype or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
         return None
