@@ -9,6 +9,7 @@ from typing import Any
 
 from benchmarks.library_identity import library_identity
 from benchmarks.llm_quality import methods, runner
+from benchmarks.lr_selection import pick_lr, widen
 from benchmarks.quality.results import read_results
 
 PROTOCOL = """\
@@ -52,7 +53,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (task, method, budget): the pick, its seeds, whether the pick is interior."""
     rows = []
     for (task, method, _budget, _source), group in _groups(runs).items():
-        picked = runner.pick_lr(group)
+        picked = pick_lr(group)
         if picked is None:
             continue
         lrs = sorted({r["lr"] for r in group if r["seed"] == 0})
@@ -68,7 +69,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "trainable": group[0]["trainable"],
                 "lr": picked,
                 "lrs": lrs,
-                "interior": runner.widen(lrs, picked) is None,
+                "interior": widen(lrs, picked) is None,
                 "val": 100 * next(r["val_acc"] for r in at_pick if r["seed"] == 0),
                 "mean": statistics.fmean(tests),
                 "std": statistics.stdev(tests) if len(tests) > 1 else None,
@@ -77,7 +78,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "train_loss": statistics.fmean(train_losses) if train_losses else None,
                 "seeds": len(tests),
                 # final: every seed at an interior pick (the protocol is done for this row)
-                "final": len(tests) >= len(runner.SEEDS) and runner.widen(lrs, picked) is None,
+                "final": len(tests) >= len(runner.SEEDS) and widen(lrs, picked) is None,
                 "seconds": statistics.fmean(r["train_seconds"] + r["eval_seconds"] for r in at_pick),
             }
         )

@@ -20,6 +20,7 @@ from torch import nn
 
 from benchmarks.library_identity import library_identity, probe_digest
 from benchmarks.llm_quality import methods, tasks
+from benchmarks.lr_selection import MAX_WIDENINGS, pick_lr, widen
 from benchmarks.quality.loop import schedule
 from benchmarks.quality.record import git_commit, machine, peak_rss_mib, reset_peak_rss, source_hash
 from benchmarks.quality.results import append_result, read_results
@@ -27,7 +28,6 @@ from benchmarks.quality.results import append_result, read_results
 SEEDS = (0, 1, 2)
 GRAD_CLIP = 1.0
 EPOCHS = 1
-MAX_WIDENINGS = 3  # a grid is widened at most this many steps past its edges
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -102,27 +102,6 @@ def run_key(rec: dict[str, Any]) -> str:
     if methods.is_rpg(rec["method"]):
         fields.append(library_identity(rec))
     return json.dumps(fields, sort_keys=True)
-
-
-def pick_lr(runs: list[dict[str, Any]]) -> float | None:
-    """The lr of the best seed-0 validation accuracy (ties: lower validation loss, then lower lr)."""
-    seed0 = [r for r in runs if r["seed"] == 0 and r["finite"]]
-    if not seed0:
-        return None
-    return min(seed0, key=lambda r: (-r["val_acc"], r["val_loss"], r["lr"]))["lr"]
-
-
-def widen(lrs: list[float], picked: float) -> float | None:
-    """One more lr a grid step beyond the edge that ``picked`` lies at, else None (interior)."""
-    ordered = sorted(lrs)
-    if len(ordered) < 2:
-        return None
-    step = ordered[1] / ordered[0]
-    if math.isclose(picked, ordered[0]):
-        return ordered[0] / step
-    if math.isclose(picked, ordered[-1]):
-        return ordered[-1] * step
-    return None
 
 
 class Runner:

@@ -10,17 +10,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.lr_selection import pick_lr
+
 from . import verdicts as quality_verdicts
-from .protocol import METHODS, PEERS, PLOT_DIR_NAME, PROTOCOL, SEEDS, SUPERSEDED, is_rpg
+from .protocol import METHODS, PEERS, PLOT_DIR_NAME, PROTOCOL, PROTOCOL_VERSION, SEEDS, SUPERSEDED, is_rpg
 from .record import fmt_count, fmt_lr
-from .results import library_version, pick_lr, read_results
+from .results import library_version, protocol_of, read_results
 
 
 def _groups(runs: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     out: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
         config = json.dumps(r["config"], sort_keys=True)
-        key = (r["task"], r["method"], json.dumps(r["budget"]), config, library_version(r))
+        key = (r["task"], r["method"], json.dumps(r["budget"]), config, library_version(r), protocol_of(r))
         out.setdefault(key, []).append(r)
     return out
 
@@ -40,7 +42,7 @@ def near_chance(rec: dict[str, Any]) -> bool:
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (task, method, budget, config): the picked lr and the seeds at it."""
     rows = []
-    for (task, method, _, _, library), group in _groups(runs).items():
+    for (task, method, _, _, library, protocol), group in _groups(runs).items():
         picked = pick_lr(group)
         if picked is None:
             continue
@@ -56,6 +58,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "budget": seed0["budget"],
                 "config": seed0["config"],
                 "library": library,
+                "protocol": protocol,
                 "label": method if library is None else f"{method} [hf_rpg {library}]",
                 "trainable": seed0["trainable"],
                 "lr": picked,
@@ -153,6 +156,95 @@ def _best_per_budget(rows: list[dict[str, Any]], budgets: list[int], keep: Calla
     return best
 
 
+def _task_section(
+    task: str,
+    rows: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    omitted: list[dict[str, Any]],
+    out: Path,
+    *,
+    plots: bool,
+    heading: str = "##",
+    plot_suffix: str = "",
+) -> list[str]:
+    """The markdown of one task under one protocol: its table, best rows, near-chance runs, lr grids,
+    plot and omitted budgets (``rows`` and ``runs`` of that protocol only)."""
+    trows = [r for r in rows if r["task"] == task]
+    if not trows:
+        return []
+    settings = next(r for r in runs if r["task"] == task).get("settings", {})
+    lines = [f"{heading} {task}: {settings.get('model', '')} on {settings.get('data', '')}", ""]
+    lines.append(
+        f"Train {settings.get('train')}, validation {settings.get('val')}, test {settings.get('test')}, "
+        f"batch {settings.get('batch_size')}, {settings.get('epochs')} epoch(s). Mean time of one run "
+        f"(training + validation + test evaluation) over the {sum(r['runs'] for r in trows)} runs of this "
+        f"task: {statistics.fmean(r['run_seconds'] for r in trows):.1f} s."
+    )
+    lines.append("")
+    lines.append(
+        "| method | budget | trainable | config | picked lr | val acc (seed 0) | test acc mean ± std (n) "
+        "| s/epoch | peak RSS MiB |"
+    )
+    lines.append("|---|---|---:|---|---:|---:|---:|---:|---:|")
+    for r in trows:
+        lr = fmt_lr(r["lr"]) + (" (edge)" if r["edge"] else "")
+        warn = "" if r["finite"] else " ⚠ non-finite loss"
+        if r["near_chance"]:
+            warn += f" ⚠ {r['near_chance']} near chance"
+        lines.append(
+            f"| {r['label']} | {_budget_label(r['budget'])} | {fmt_count(r['trainable'])} "
+            f"| {_config_text(r['method'], r['config'])} | {lr} | {100 * r['val_acc']:.2f} "
+            f"| {100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f} ({r['n']}){warn} | {r['spe']:.1f} "
+            f"| {r['rss']:.0f} |"
+        )
+    lines.append("")
+    budgets = sorted({r["budget"] for r in trows if isinstance(r["budget"], int) and r["budget"] > 0})
+    for title, keep in (("Best peer per budget", lambda m: m in PEERS), ("Best hf_rpg variant per budget", is_rpg)):
+        best = _best_per_budget(trows, budgets, keep)
+        if best:
+            lines += [f"**{title}** (test mean, 3 seeds): " + "; ".join(best) + ".", ""]
+    chance = [r for r in runs if r["task"] == task and near_chance(r)]
+    if chance:
+        limit = 100 * (1 / NUM_CLASSES.get(task, 2) + NEAR_CHANCE)
+        listed = ", ".join(
+            f"{r['method']} {_budget_label(r['budget'])} lr {fmt_lr(r['lr'])} seed {r['seed']} "
+            f"({100 * r['test_acc']:.1f})"
+            for r in sorted(chance, key=lambda r: (_method_rank(r["method"]), str(r["budget"]), r["lr"]))
+        )
+        lines += [
+            f"Runs that ended near chance (test accuracy below {limit:.0f}%; a collapse to one class, or too "
+            f"little change, under this short schedule): {len(chance)} of "
+            f"{sum(1 for r in runs if r['task'] == task)}: {listed}.",
+            "",
+        ]
+    lines += ["Validation accuracy (seed 0) of every lr tried (picked in bold):", ""]
+    for r in trows:
+        if len(r["grid"]) < 2:
+            continue
+        cells = [
+            (f"**{fmt_lr(lr)}: {100 * acc:.2f}**" if math.isclose(lr, r["lr"]) else f"{fmt_lr(lr)}: {100 * acc:.2f}")
+            for lr, acc in sorted(r["grid"].items())
+        ]
+        lines.append(f"- {r['label']} {_budget_label(r['budget'])}: " + ", ".join(cells))
+    lines.append("")
+    if plots:
+        png = out.parent / PLOT_DIR_NAME / f"{task}{plot_suffix}.png"
+        if plot(trows, task, png):
+            lines += [f"![{task}: test accuracy vs trainable parameters]({PLOT_DIR_NAME}/{task}{plot_suffix}.png)", ""]
+    tomit = [o for o in omitted if o["task"] == task]
+    if tomit:
+        lines += ["Omitted budgets:", ""]
+        seen = set()
+        for o in sorted(tomit, key=lambda o: (_method_rank(o["method"]), o["budget"])):
+            key = (o["method"], o["budget"])
+            if key in seen:
+                continue
+            seen.add(key)
+            lines.append(f"- {o['method']} {_budget_label(o['budget'])}: {o['reason']}")
+        lines.append("")
+    return lines
+
+
 def report(results: Path, out: Path, *, plots: bool = True) -> str:
     records = read_results(results)
     runs = [r for r in records if r.get("kind") == "run"]
@@ -190,87 +282,28 @@ def report(results: Path, out: Path, *, plots: bool = True) -> str:
             f"({p['seconds']:.0f} s)."
         )
         lines.append("")
+    current = [r for r in rows if r["protocol"] == PROTOCOL_VERSION]
+    current_runs = [r for r in runs if protocol_of(r) == PROTOCOL_VERSION]
+    if not current:
+        lines += [f"No run of protocol {PROTOCOL_VERSION} has finished yet.", ""]
     for task in ("text", "vision"):
-        trows = [r for r in rows if r["task"] == task]
-        if not trows:
-            continue
-        settings = next(r for r in runs if r["task"] == task).get("settings", {})
-        lines += [f"## {task}: {settings.get('model', '')} on {settings.get('data', '')}", ""]
-        lines.append(
-            f"Train {settings.get('train')}, validation {settings.get('val')}, test {settings.get('test')}, "
-            f"batch {settings.get('batch_size')}, {settings.get('epochs')} epoch(s). Mean time of one run "
-            f"(training + validation + test evaluation) over the {sum(r['runs'] for r in trows)} runs of this "
-            f"task: {statistics.fmean(r['run_seconds'] for r in trows):.1f} s."
-        )
-        lines.append("")
-        lines.append(
-            "| method | budget | trainable | config | picked lr | val acc (seed 0) | test acc mean ± std (n) "
-            "| s/epoch | peak RSS MiB |"
-        )
-        lines.append("|---|---|---:|---|---:|---:|---:|---:|---:|")
-        for r in trows:
-            lr = fmt_lr(r["lr"]) + (" (edge)" if r["edge"] else "")
-            warn = "" if r["finite"] else " ⚠ non-finite loss"
-            if r["near_chance"]:
-                warn += f" ⚠ {r['near_chance']} near chance"
-            lines.append(
-                f"| {r['label']} | {_budget_label(r['budget'])} | {fmt_count(r['trainable'])} "
-                f"| {_config_text(r['method'], r['config'])} | {lr} | {100 * r['val_acc']:.2f} "
-                f"| {100 * r['test_mean']:.2f} ± {100 * r['test_std']:.2f} ({r['n']}){warn} | {r['spe']:.1f} "
-                f"| {r['rss']:.0f} |"
+        lines += _task_section(task, current, current_runs, omitted, out, plots=plots)
+    for old in sorted({r["protocol"] for r in rows} - {PROTOCOL_VERSION}, reverse=True):
+        lines += [
+            f"## Protocol {old} (superseded)",
+            "",
+            "Its runs are kept in the results file; they rank methods after too few steps (see the protocol).",
+            "",
+        ]
+        old_runs = [r for r in runs if protocol_of(r) == old]
+        old_rows = [r for r in rows if r["protocol"] == old]
+        for task in ("text", "vision"):
+            lines += _task_section(
+                task, old_rows, old_runs, omitted, out, plots=plots, heading="###", plot_suffix=f"-protocol{old}"
             )
-        lines.append("")
-        budgets = sorted({r["budget"] for r in trows if isinstance(r["budget"], int) and r["budget"] > 0})
-        for title, keep in (("Best peer per budget", lambda m: m in PEERS), ("Best hf_rpg variant per budget", is_rpg)):
-            best = _best_per_budget(trows, budgets, keep)
-            if best:
-                lines += [f"**{title}** (test mean, 3 seeds): " + "; ".join(best) + ".", ""]
-        chance = [r for r in runs if r["task"] == task and near_chance(r)]
-        if chance:
-            limit = 100 * (1 / NUM_CLASSES.get(task, 2) + NEAR_CHANCE)
-            listed = ", ".join(
-                f"{r['method']} {_budget_label(r['budget'])} lr {fmt_lr(r['lr'])} seed {r['seed']} "
-                f"({100 * r['test_acc']:.1f})"
-                for r in sorted(chance, key=lambda r: (_method_rank(r["method"]), str(r["budget"]), r["lr"]))
-            )
-            lines += [
-                f"Runs that ended near chance (test accuracy below {limit:.0f}%; a collapse to one class, or too "
-                f"little change, under this short schedule): {len(chance)} of "
-                f"{sum(1 for r in runs if r['task'] == task)}: {listed}.",
-                "",
-            ]
-        lines += ["Validation accuracy (seed 0) of every lr tried (picked in bold):", ""]
-        for r in trows:
-            if len(r["grid"]) < 2:
-                continue
-            cells = [
-                (
-                    f"**{fmt_lr(lr)}: {100 * acc:.2f}**"
-                    if math.isclose(lr, r["lr"])
-                    else f"{fmt_lr(lr)}: {100 * acc:.2f}"
-                )
-                for lr, acc in sorted(r["grid"].items())
-            ]
-            lines.append(f"- {r['label']} {_budget_label(r['budget'])}: " + ", ".join(cells))
-        lines.append("")
-        if plots:
-            png = out.parent / PLOT_DIR_NAME / f"{task}.png"
-            if plot(rows, task, png):
-                lines += [f"![{task}: test accuracy vs trainable parameters]({PLOT_DIR_NAME}/{task}.png)", ""]
-        tomit = [o for o in omitted if o["task"] == task]
-        if tomit:
-            lines += ["Omitted budgets:", ""]
-            seen = set()
-            for o in sorted(tomit, key=lambda o: (_method_rank(o["method"]), o["budget"])):
-                key = (o["method"], o["budget"])
-                if key in seen:
-                    continue
-                seen.add(key)
-                lines.append(f"- {o['method']} {_budget_label(o['budget'])}: {o['reason']}")
-            lines.append("")
     check_path = results.with_name(results.stem + "-defaults-check.json")
     check = json.loads(check_path.read_text()) if check_path.is_file() else None
-    lines += quality_verdicts.verdict_lines(rows, check)
+    lines += quality_verdicts.verdict_lines(current, check)
     text = "\n".join(lines).rstrip() + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -1,10 +1,8 @@
-"""The results file: one JSON line per finished run, keyed so that a killed benchmark resumes;
-the learning-rate pick and the grid's edge extension."""
+"""The results file: one JSON line per finished run, keyed so that a killed benchmark resumes."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -23,12 +21,22 @@ def library_version(rec: dict[str, Any]) -> str | None:
     return library_identity(rec)
 
 
+def protocol_of(rec: dict[str, Any]) -> int:
+    """The protocol a run followed (``protocol.PROTOCOL_VERSION``; runs before it was recorded: 1)."""
+    return int(rec.get("protocol", 1))
+
+
 def run_key(rec: dict[str, Any]) -> str:
     """A run's identity in the results file; hf_rpg variants also by the hf_rpg that ran them, so
-    that runs of another version of the library are neither skipped nor mixed into one row."""
+    that runs of another version of the library are neither skipped nor mixed into one row, and
+    runs of a later protocol by its number (protocol 1's keys are as they were)."""
     fields = [rec["task"], rec["method"], rec["budget"], rec["config"], _key_lr(rec["lr"]), rec["seed"]]
     version = library_version(rec)
-    return json.dumps(fields if version is None else [*fields, version], sort_keys=True)
+    if version is not None:
+        fields.append(version)
+    if protocol_of(rec) != 1:
+        fields.append(f"protocol {protocol_of(rec)}")
+    return json.dumps(fields, sort_keys=True)
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -51,25 +59,3 @@ def append_result(path: Path, rec: dict[str, Any]) -> None:
         handle.write(json.dumps(rec, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def pick_lr(runs: list[dict[str, Any]]) -> float | None:
-    """The lr of the best seed-0 validation accuracy (ties: lower validation loss, then lower lr)."""
-    seed0 = [r for r in runs if r["seed"] == 0]
-    if not seed0:
-        return None
-    best = min(seed0, key=lambda r: (-r["val_acc"], r["val_loss"], r["lr"]))
-    return best["lr"]
-
-
-def edge_extension(lrs: list[float], picked: float) -> float | None:
-    """One more lr a grid step beyond the edge ``picked`` lies at, else None."""
-    if len(lrs) < 2:
-        return None
-    ordered = sorted(lrs)
-    step = ordered[1] / ordered[0]
-    if math.isclose(picked, ordered[0]):
-        return ordered[0] / step
-    if math.isclose(picked, ordered[-1]):
-        return ordered[-1] * step
-    return None

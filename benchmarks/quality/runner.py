@@ -9,11 +9,12 @@ from typing import Any
 
 import hf_rpg
 from benchmarks.library_identity import probe_digest
+from benchmarks.lr_selection import MAX_WIDENINGS, pick_lr, widen
 
 from .methods import Plan
-from .protocol import REPO, SEEDS
+from .protocol import PROTOCOL_VERSION, REPO, SEEDS
 from .record import fmt_lr, git_commit, machine, source_hash
-from .results import append_result, edge_extension, pick_lr, read_results, run_key
+from .results import append_result, read_results, run_key
 from .tasks import Task
 from .training import run_one
 
@@ -32,6 +33,7 @@ class Runner:
             "script_commit": git_commit(REPO),
             "machine": machine(),
             "smoke": smoke,
+            "protocol": PROTOCOL_VERSION,
         }
         self.count = 0
 
@@ -52,6 +54,7 @@ class Runner:
     def run(self, task: Task, p: Plan, lr: float, seed: int) -> dict[str, Any]:
         probe = {"task": task.name, "method": p.method, "budget": p.budget, "config": p.config, "lr": lr, "seed": seed}
         probe["hf_rpg_numerics"] = self.meta["hf_rpg_numerics"]
+        probe["protocol"] = PROTOCOL_VERSION
         key = run_key(probe)
         if key in self.done:
             return self.done[key]
@@ -80,13 +83,20 @@ class Runner:
             for seed in seeds:
                 self.run(task, p, p.lrs[0], seed)
             return
-        grid = [self.run(task, p, lr, 0) for lr in p.lrs]
-        picked = pick_lr(grid)
-        extra = None if self.smoke else edge_extension(p.lrs, picked)
-        if extra is not None:
-            self.log(f"  {task.name} {p.method} {p.budget}: best lr {fmt_lr(picked)} at a grid edge, +{fmt_lr(extra)}")
-            grid.append(self.run(task, p, extra, 0))
+        lrs = list(p.lrs)
+        grid = [self.run(task, p, lr, 0) for lr in lrs]
+        for _ in range(0 if self.smoke else MAX_WIDENINGS):
             picked = pick_lr(grid)
+            extra = None if picked is None else widen(lrs, picked)
+            if extra is None:
+                break
+            self.log(f"  {task.name} {p.method} {p.budget}: best lr {fmt_lr(picked)} at a grid edge, +{fmt_lr(extra)}")
+            lrs.append(extra)
+            grid.append(self.run(task, p, extra, 0))
+        picked = pick_lr(grid)
+        if picked is None:
+            self.log(f"  {task.name} {p.method} {p.budget}: no finite run on the grid")
+            return
         for seed in seeds[1:]:
             self.run(task, p, picked, seed)
 

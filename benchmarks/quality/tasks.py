@@ -21,7 +21,7 @@ from torch import nn
 from hf_rpg_studies import data as example_data
 
 from .loop import evaluate, schedule
-from .protocol import GRAD_CLIP, TEXT_TRAIN, VISION_EPOCHS
+from .protocol import GRAD_CLIP, TEXT_EPOCHS, TEXT_TRAIN, TEXT_VAL, VISION_EPOCHS
 
 transformers.logging.set_verbosity_error()
 with contextlib.suppress(AttributeError):  # the progress bars of from_pretrained
@@ -58,12 +58,13 @@ class Task:
 
 
 def load_text_task(smoke: bool) -> Task:
-    sizes = (48, 32, 32) if smoke else (TEXT_TRAIN, 500, None)
+    sizes = (48, 32, 32) if smoke else (TEXT_TRAIN, TEXT_VAL, None)
     data = example_data.load_rt_polarity()
     tokenizer = transformers.AutoTokenizer.from_pretrained(example_data.minilm_path())
     order = np.random.default_rng(0).permutation(len(data["train"]))
     n_train, n_val, n_test = sizes
-    train_ids, val_ids = order[:n_train], order[n_train : n_train + n_val]
+    val_ids = order[:n_val]
+    train_ids = order[n_val:] if n_train is None else order[n_val : n_val + n_train]
     test_ids = np.arange(len(data["test"]) if n_test is None else n_test)
 
     def encode(split: str, ids: np.ndarray) -> dict[str, Any]:
@@ -105,7 +106,7 @@ def load_text_task(smoke: bool) -> Task:
     base = transformers.AutoModelForSequenceClassification.from_pretrained(example_data.minilm_path(), num_labels=2)
     return Task(
         name="text",
-        epochs=1,
+        epochs=1 if smoke else TEXT_EPOCHS,
         batch_size=batch,
         base=base,
         train=train,
@@ -123,7 +124,7 @@ def load_text_task(smoke: bool) -> Task:
             "test": len(test_ids),
             "max_length": 48,
             "batch_size": batch,
-            "epochs": 1,
+            "epochs": 1 if smoke else TEXT_EPOCHS,
         },
     )
 
@@ -244,7 +245,7 @@ def load_vision_task(cache_dir: Path, smoke: bool, log: Callable[[str], None]) -
 
     task = Task(
         name="vision",
-        epochs=VISION_EPOCHS,
+        epochs=1 if smoke else VISION_EPOCHS,
         batch_size=batch,
         base=base,
         train=train,
@@ -261,7 +262,7 @@ def load_vision_task(cache_dir: Path, smoke: bool, log: Callable[[str], None]) -
             "val": len(val_ids),
             "test": len(test_ids),
             "batch_size": batch,
-            "epochs": VISION_EPOCHS,
+            "epochs": 1 if smoke else VISION_EPOCHS,
         },
     )
     return task, info
