@@ -39,6 +39,7 @@ PRIORITY = (
     "vera",
     "rpg-lowrank",
     "rpg-all-linear",
+    "cand-rpg-lora",
     "full",
 )
 
@@ -69,7 +70,7 @@ def _priority(p, order: list[str]) -> tuple:
     budget = p.budget if isinstance(p.budget, int) else 10**12
     if budget > 60_000:
         tier = 4
-    elif methods.is_rpg(p.method) and p.method != "rpg":
+    elif (methods.is_rpg(p.method) and p.method != "rpg") or p.method in methods.CANDIDATES:
         tier = 3
     elif p.method == "lora":
         tier = 2

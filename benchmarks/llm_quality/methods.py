@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.llm_quality.candidates import CANDIDATES, apply_candidate
 from benchmarks.peft_peers import peft_peer
 from benchmarks.quality.methods import Plan  # one (method, budget) and its lr grid, as there
 from hf_rpg import RPGConfig, apply_rpg
@@ -32,7 +33,7 @@ RPG_VARIANTS: dict[str, dict[str, Any]] = {
 }
 PEERS = ("lora", "vera", "unilora", "tinylora", "fourierft", "vblora")
 BASELINES = ("full",)
-METHODS = (*BASELINES, *PEERS, *RPG_VARIANTS)
+METHODS = (*BASELINES, *PEERS, *RPG_VARIANTS, *CANDIDATES)
 
 # Learning-rate grids, log-spaced ~3x; the runner widens a grid until its pick is interior.
 LR_GRIDS: dict[str, list[float]] = {
@@ -44,6 +45,7 @@ LR_GRIDS: dict[str, list[float]] = {
     "fourierft": [1e-2, 3e-2, 1e-1],
     "vblora": [1e-3, 3e-3, 1e-2],
     "rpg": [1e-3, 3e-3, 1e-2],
+    "cand-rpg-lora": [1e-3, 3e-3, 1e-2],
 }
 
 
@@ -110,6 +112,8 @@ def plan(base: nn.Module, method: str, budget: int) -> Plan:
         return Plan(method, budget, None, [], f"fewer than 4 vectors of length {length} fit at r=1")
     if method in RPG_VARIANTS:
         return Plan(method, budget, {"dof": budget, **RPG_VARIANTS[method]}, LR_GRIDS["rpg"])
+    if method in CANDIDATES:
+        return Plan(method, budget, {"dof": budget, **CANDIDATES[method]}, LR_GRIDS[method])
     raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
@@ -140,6 +144,8 @@ def build(base: nn.Module, p: Plan, seed: int) -> tuple[nn.Module, list[dict[str
             param.requires_grad_(True)
     elif p.method in PEERS:
         model = peft_peer(model, p.method, p.config or {}, seed, target_modules=QV, task_type="CAUSAL_LM")
+    elif p.method in CANDIDATES:
+        extra["generated_positions"] = apply_candidate(model, p.method, p.budget, seed, QV)
     else:
         model = apply_rpg(model, RPGConfig(mode="delta", seed=seed, **(p.config or {})))
         report = model.dof_report()

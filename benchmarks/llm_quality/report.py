@@ -30,6 +30,9 @@ PROTOCOL = """\
   AdamW (weight decay 0), 10% linear warmup then linear decay, gradient clipping 1.0; float32.
 - **Budgets**: about 1k, 10k and 100k trainable numbers; LoRA also at r=1 (57,600, the goals'
   reference). PEFT's methods on `q_proj` and `v_proj`; hf_rpg's defaults also on q/v.
+- **Candidates** (`cand-*`, `benchmarks/llm_quality/candidates.py`): structures measured before
+  any becomes an update kind of hf_rpg; `cand-rpg-lora` generates both factors of a rank-8
+  LoRA-shaped update from the ring (`ΔW = F (P + A)`, zero at start).
 - **Learning rates**: each (method, budget)'s grid (3 values ~3x apart) with seed 0, widened one
   step at a time (up to 3) while the best validation accuracy sits at an edge; seeds 1 and 2 at
   the pick. Tables: test accuracy mean ± standard deviation over the seeds at the pick.
@@ -182,7 +185,7 @@ def plot(rows: list[dict[str, Any]], task: str, path: Path) -> bool:
             full = mrows[0]["mean"]
             ax.axhline(full, color="grey", linestyle=":", label=f"full fine-tuning ({full:.1f})")
             continue
-        ours = methods.is_rpg(method)
+        ours = methods.is_rpg(method) or method in methods.CANDIDATES
         ax.errorbar(
             [r["trainable"] for r in mrows],
             [r["mean"] for r in mrows],

@@ -1,0 +1,60 @@
+"""The LLM benchmark's candidate structures (benchmarks/llm_quality/candidates.py): zero at start,
+only the ring trains, and both factors learn."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers
+
+pytest.importorskip("peft", reason="PEFT is a benchmark dependency: pip install -e '.[bench]'")
+from benchmarks.llm_quality.candidates import LoRAFromRing, apply_candidate
+
+
+def _tiny_llama() -> transformers.LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_cand_rpg_lora_starts_at_the_base_and_trains_both_factors():
+    base = _tiny_llama()
+    model = copy.deepcopy(base)
+    positions = apply_candidate(model, "cand-rpg-lora", 50, seed=3, target_leaves=["q_proj", "v_proj"])
+    # rank 8: q (32 out, 32 in) and v (16 out, 32 in) in each of 2 layers
+    assert positions == 2 * 8 * ((32 + 32) + (16 + 32))
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert [n for n, _ in trainable] == ["rpg_candidate_factors.ring"] and trainable[0][1].numel() == 50
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, base(ids).logits, rtol=0, atol=0)
+
+    ring = trainable[0][1]
+    wrapper = next(m for m in model.modules() if isinstance(m, LoRAFromRing))
+    out_f, r = wrapper.base.out_features, wrapper.rank
+    a_slice = slice(wrapper.offset + out_f * r, wrapper.offset + wrapper.positions)
+    a_index = model.rpg_candidate_factors.index[a_slice] % 50  # the ring entries A reads
+
+    def a_grad() -> torch.Tensor:
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        return ring.grad.clone()
+
+    at_zero = a_grad()
+    assert at_zero.abs().sum() > 0  # F learns through the fixed projection at once
+    with torch.no_grad():
+        ring.normal_(0, 0.1)
+    moved = a_grad()
+    # Once F is non-zero the A positions carry gradient too: it differs from F's alone.
+    assert not torch.allclose(moved[a_index], at_zero[a_index])
+    with torch.no_grad():
+        assert (model(ids).logits - base(ids).logits).abs().max() > 0
