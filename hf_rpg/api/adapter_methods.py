@@ -52,7 +52,11 @@ class NamedAdapterMethods:
         """Load a delta checkpoint of this base as adapter ``adapter_name`` (PEFT's verb);
         ``hotswap=True`` replaces an existing adapter's values in place. ``hub_kwargs``:
         ``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``force_download``."""
-        named.load_adapter(self, path_or_repo_id, adapter_name, hotswap=hotswap, **hub_kwargs)
+        from .checkpoint_reading import read_adapter_checkpoint
+
+        named.load_adapter(
+            self, lambda: read_adapter_checkpoint(path_or_repo_id, **hub_kwargs), adapter_name, hotswap=hotswap
+        )
 
     def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
         """A new adapter whose update is exactly ``Σ wᵢ ΔWᵢ`` of the given adapters (PEFT's

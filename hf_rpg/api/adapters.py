@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from torch import nn
 from ..errors import RPGBaseMismatchError, RPGConfigError, RPGManifestMismatchError, RPGStateError
 from .config import RING_NAME_PATTERN, RPGConfig
 from .merging import require_delta
+
+if TYPE_CHECKING:  # the reader's result type; reading files is checkpoint_reading's job
+    from .checkpoint_reading import AdapterCheckpoint
 
 # Functions here take an RPGModel (hf_rpg.api.model imports this module, so it is not imported back).
 RPGModel = nn.Module
@@ -223,33 +226,27 @@ def adapter_values(model: RPGModel, adapter_name: str) -> dict[str, torch.Tensor
 
 
 def load_adapter(
-    model: RPGModel, path_or_repo_id: str | Path, adapter_name: str, *, hotswap: bool = False, **hub_kwargs: Any
+    model: RPGModel, read: Callable[[], AdapterCheckpoint], adapter_name: str, *, hotswap: bool = False
 ) -> None:
     """Load a delta checkpoint saved from this base as adapter ``adapter_name`` (a new one, or
-    with ``hotswap=True`` replacing the values of an existing one in place)."""
-    from ..format.files import CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
-    from ..format.metadata import binding_digest, read_metadata
-    from .checkpoint_reading import check_weights_file, load_tensors
-
+    with ``hotswap=True`` replacing the values of an existing one in place). ``read`` reads the
+    checkpoint (``checkpoint_reading.read_adapter_checkpoint``): this module holds the adapters
+    in memory and does no file I/O."""
     _check_delta(model, "load_adapter")
     check_adapter_name(adapter_name)
-    files = resolve_checkpoint_files(path_or_repo_id, **hub_kwargs)
-    meta = read_metadata(files[CONFIG_NAME])
-    try:
-        config = RPGConfig.from_dict(meta["config"])
-    except RPGConfigError as err:
-        raise RPGConfigError(f"{files[CONFIG_NAME]}: 'config': {err}") from None
+    checkpoint = read()
+    config, source = checkpoint.config, checkpoint.source
     _check_same_layout(model, adapter_name, config)
-    if meta["manifest"] != model.layout.to_dict():
+    if checkpoint.meta["manifest"] != model.layout.to_dict():
         raise RPGManifestMismatchError(
-            f"{files[CONFIG_NAME]}: its manifest (targets, offsets, gains, rings) differs from this model's: it was "
+            f"{source}: its manifest (targets, offsets, gains, rings) differs from this model's: it was "
             "saved from another base or layout and cannot be an adapter of this model"
         )
-    check_weights_file(files[WEIGHTS_NAME], meta)
-    recorded = meta.get("base_fingerprint")
+    checkpoint.check_weights()
+    recorded = checkpoint.meta.get("base_fingerprint")
     if recorded is not None and model._base_fingerprint is not None and recorded != model._base_fingerprint:
         raise RPGBaseMismatchError(
-            f"{files[CONFIG_NAME]} was trained on another base model (base_fingerprint); load it onto its own base"
+            f"{source} was trained on another base model (base_fingerprint); load it onto its own base"
         )
     adapters = state(model)
     if hotswap:
@@ -259,7 +256,7 @@ def load_adapter(
     previous = adapters.active
     try:
         set_adapter(model, adapter_name)
-        load_tensors(model, files[WEIGHTS_NAME], binding=binding_digest(meta), ring_storage=meta.get("ring_storage"))
+        checkpoint.load_into(model)
     except BaseException:
         set_adapter(model, previous)
         if not hotswap:

@@ -31,7 +31,7 @@ import itertools
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from safetensors.torch import save_file
@@ -60,7 +60,9 @@ from ..runtime.parametrize import original_class
 from ..runtime.plan import Plan
 from ..spec.generator import GENERATOR_VERSION
 from ..version import __version__
-from .config import RPGConfig
+
+if TYPE_CHECKING:  # the protocol names the config's type only
+    from .config import RPGConfig
 
 RING_PREFIX = "rpg_rings."
 STORAGE_PREFIX = "rpg_ring_storage."  # extra tensors of an encoded ring: f"{STORAGE_PREFIX}{ring}.{suffix}"

@@ -8,22 +8,64 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 
-from ..errors import RPGCheckpointError, RPGManifestMismatchError
+from ..errors import RPGCheckpointError, RPGConfigError, RPGManifestMismatchError
 from ..format.files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME
+from ..format.hub_resolve import resolve_checkpoint_files
 from ..format.metadata import (
     BINDING_KEY,
     CONFIG_JSON_KEY,
     MODEL_BINDING_KEY,
+    binding_digest,
     config_json_digest,
     model_binding_digest,
+    read_metadata,
 )
 from .checkpoint import RING_PREFIX, CheckpointModel, _decode_rings, _interrupted_save_hint, _sha256, stored_entries
+from .config import RPGConfig
+
+
+@dataclass(frozen=True)
+class AdapterCheckpoint:
+    """A delta checkpoint read to become an adapter: its config and metadata parsed, its weights
+    file checked or loaded on request (``adapters.load_adapter`` decides the order)."""
+
+    config: RPGConfig
+    meta: dict[str, Any]
+    files: dict[str, Path]
+
+    @property
+    def source(self) -> Path:
+        """Its ``rpg_config.json`` (what error messages name)."""
+        return self.files[CONFIG_NAME]
+
+    def check_weights(self) -> None:
+        check_weights_file(self.files[WEIGHTS_NAME], self.meta)
+
+    def load_into(self, model: CheckpointModel) -> None:
+        load_tensors(
+            model,
+            self.files[WEIGHTS_NAME],
+            binding=binding_digest(self.meta),
+            ring_storage=self.meta.get("ring_storage"),
+        )
+
+
+def read_adapter_checkpoint(path_or_repo_id: str | Path, **hub_kwargs: Any) -> AdapterCheckpoint:
+    """The files of a delta checkpoint (a directory or Hub repo id) and its parsed config."""
+    files = resolve_checkpoint_files(path_or_repo_id, **hub_kwargs)
+    meta = read_metadata(files[CONFIG_NAME])
+    try:
+        config = RPGConfig.from_dict(meta["config"])
+    except RPGConfigError as err:
+        raise RPGConfigError(f"{files[CONFIG_NAME]}: 'config': {err}") from None
+    return AdapterCheckpoint(config, meta, files)
 
 
 def check_weights_file(path: Path, meta: dict[str, Any]) -> None:

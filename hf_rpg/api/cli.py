@@ -89,7 +89,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ..format.files import CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
+    from ..format.files import CONFIG_NAME, WEIGHTS_NAME
+    from ..format.hub_resolve import resolve_checkpoint_files
     from ..format.metadata import read_metadata
 
     files = resolve_checkpoint_files(args.checkpoint, revision=args.revision)

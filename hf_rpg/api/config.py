@@ -459,7 +459,8 @@ class RPGConfig:
         directory or a Hub repo id (PEFT's ``PeftConfig.from_pretrained``). ``hub_kwargs``:
         ``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``force_download``."""
         # hf_rpg.api.checkpoint imports this module: the file is read and checked here directly
-        from ..format.files import CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
+        from ..format.files import CONFIG_NAME, WEIGHTS_NAME
+        from ..format.hub_resolve import resolve_checkpoint_files
         from ..format.metadata import check_metadata
 
         files = resolve_checkpoint_files(path_or_repo_id, **hub_kwargs)

@@ -14,7 +14,8 @@ from typing import Any, Protocol
 from huggingface_hub import HfApi
 
 from ..format.card import is_generated_card, model_card_text
-from ..format.files import CARD_NAME, CHECKPOINT_FILES, CONFIG_NAME, resolve_checkpoint_files
+from ..format.files import CARD_NAME, CHECKPOINT_FILES, CONFIG_NAME
+from ..format.hub_resolve import resolve_checkpoint_files
 from ..format.metadata import read_metadata
 
 

@@ -14,7 +14,8 @@ from torch import nn
 from ..errors import RPGConfigError, RPGStateError
 from ..format import dtype_record
 from ..format.base_reference import resolve_base_reference
-from ..format.files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME, resolve_checkpoint_files
+from ..format.files import CONFIG_NAME, MODEL_CONFIG_NAME, WEIGHTS_NAME
+from ..format.hub_resolve import resolve_checkpoint_files
 from ..format.manifest import Layout
 from ..format.metadata import binding_digest, read_metadata
 from ..runtime import base_fingerprint

@@ -1,5 +1,5 @@
-"""Local path or Hub repo id: which one a name is, and a checkpoint's files from the Hub in
-one ``snapshot_download`` call.
+"""Where a checkpoint's files are: a local directory or a Hub repo id (which one a name is),
+and the files from the Hub in one ``snapshot_download`` call.
 
 A name that looks like a local path never goes to the Hub (no retries, no waiting on a
 network that is not there): it starts with ``.``, ``/`` or ``~``, holds a path separator
@@ -27,6 +27,7 @@ from huggingface_hub.errors import (
 
 from ..errors import RPGCheckpointError
 from ..version import __version__
+from .files import MODEL_CONFIG_NAME, OPTIONAL_FILES, REQUIRED_FILES
 
 # huggingface_hub's rule for a repo id with its namespace (letters, digits, '-', '_', '.').
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -109,4 +110,40 @@ def download_checkpoint(
     return files
 
 
-__all__ = ["HubDownloadOptions", "download_checkpoint", "looks_local", "missing_local_path_message"]
+def resolve_checkpoint_files(path_or_repo_id: str | Path, **options: Unpack[HubDownloadOptions]) -> dict[str, Path]:
+    """Local paths of a checkpoint's files, downloading them from the Hub when needed.
+
+    A directory is used as it is; a name that looks like a local path fails at once, naming
+    it (``hf_rpg.format.hub_resolve.looks_local``); a Hub repo id is fetched with one
+    ``snapshot_download`` of the checkpoint's files (through the cache, so it works offline
+    once downloaded).
+    """
+    local = Path(path_or_repo_id)
+    if local.is_dir():
+        files = {name: local / name for name in REQUIRED_FILES + OPTIONAL_FILES if (local / name).is_file()}
+        missing = [name for name in REQUIRED_FILES if name not in files]
+        if missing:
+            raise RPGCheckpointError(
+                f"{str(local)!r} is not an hf_rpg checkpoint: it lacks {', '.join(missing)} "
+                f"(a checkpoint holds {', '.join(REQUIRED_FILES)} and usually {MODEL_CONFIG_NAME})"
+            )
+        return files
+    if local.exists():
+        raise RPGCheckpointError(f"{str(local)!r} is a file; from_pretrained takes a checkpoint directory or repo id")
+    if looks_local(path_or_repo_id):
+        raise RPGCheckpointError(missing_local_path_message(path_or_repo_id))
+    return download_checkpoint(
+        str(path_or_repo_id),
+        REQUIRED_FILES + OPTIONAL_FILES,
+        REQUIRED_FILES,
+        **options,
+    )
+
+
+__all__ = [
+    "HubDownloadOptions",
+    "download_checkpoint",
+    "looks_local",
+    "missing_local_path_message",
+    "resolve_checkpoint_files",
+]
