@@ -87,14 +87,15 @@ def apply_candidate(model: nn.Module, method: str, budget: int, seed: int, targe
         if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in target_leaves
     ]
     total = sum(rank * (m.out_features + m.in_features) for _, m in targets)
-    factors = RingFactors(budget, total, seed)
+    device = targets[0][1].weight.device
+    factors = RingFactors(budget, total, seed).to(device)  # the benchmark's --device cuda
     model.rpg_candidate_factors = factors
     stds = [float(m.weight.detach().double().std()) for _, m in targets]
     sizes = [m.out_features * rank for _, m in targets]
     scale = math.sqrt(sum(n * g * g for n, g in zip(sizes, stds, strict=True)) / sum(sizes))
     offset = 0
     for (name, module), std in zip(targets, stds, strict=True):
-        proj = projection(seed, f"{name}.weight", rank, module.in_features)
+        proj = projection(seed, f"{name}.weight", rank, module.in_features, device=device)
         wrapper = LoRAFromRing(module, factors, offset, rank, std / scale, proj)
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name), leaf, wrapper)

@@ -28,6 +28,8 @@ PROTOCOL = """\
   end-of-turn token, computed in one teacher-forced pass (equal to decoding; checked by a test).
 - **Recipe** (every method): loss on the answer tokens only; batch 8, 1 epoch (64 steps);
   AdamW (weight decay 0), 10% linear warmup then linear decay, gradient clipping 1.0; float32.
+- **Confirmation**: hf_rpg's defaults were chosen on the MiniLM and ViT tasks' validation
+  (`benchmarks/results/quality.md`); these tasks played no part in choosing them.
 - **Budgets**: about 1k, 10k and 100k trainable numbers; LoRA also at r=1 (57,600, the goals'
   reference). PEFT's methods on `q_proj` and `v_proj`; hf_rpg's defaults also on q/v.
 - **Candidates** (`cand-*`, `benchmarks/llm_quality/candidates.py`): structures measured before
