@@ -29,7 +29,8 @@ PROTOCOL = """\
 - **Recipe** (every method): loss on the answer tokens only; batch 8, 1 epoch (64 steps);
   AdamW (weight decay 0), 10% linear warmup then linear decay, gradient clipping 1.0; float32.
 - **Confirmation**: hf_rpg's defaults were chosen on the MiniLM and ViT tasks' validation
-  (`benchmarks/results/quality.md`); these tasks played no part in choosing them.
+  (`benchmarks/results/quality.md`); these tasks played no part in choosing them (TREC shares
+  nothing with those tasks; `sentiment` uses rt-polarity's sentences, as the MiniLM task does).
 - **Budgets**: about 1k, 10k and 100k trainable numbers; LoRA also at r=1 (57,600, the goals'
   reference). PEFT's methods on `q_proj` and `v_proj`; hf_rpg's defaults also on q/v.
 - **Candidates** (`cand-*`, `benchmarks/llm_quality/candidates.py`): structures measured before

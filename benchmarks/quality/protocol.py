@@ -167,8 +167,9 @@ away from it; the omitted budgets and the reasons are listed below the tables.
 
 Development and confirmation: hf_rpg's delta-mode defaults (query and value, full-rank updates,
 `gain="auto"`, the ring at zero) were chosen on these two tasks' validation accuracy under
-protocol 1. The SmolLM2 tasks of `benchmarks/results/llm-quality.md` (rt-polarity answered in
-words, TREC) played no part in choosing them: they are the confirmation.
+protocol 1. The SmolLM2 tasks of `benchmarks/results/llm-quality.md` played no part in choosing
+them: they are the confirmation (TREC shares nothing with these tasks; the sentiment task answers
+rt-polarity's sentences in words, another model and another form of the same data).
 """
 
 
