@@ -33,6 +33,7 @@ def _method_rank(method: str) -> int:
 
 NUM_CLASSES = {"text": 2, "vision": 5}
 NEAR_CHANCE = 0.03  # a run whose test accuracy is below chance + 3 points learnt (next to) nothing
+SPREAD_GOAL = 0.015  # issue 17, item 4: a protocol long enough that seeds spread at most 1.5 points
 
 
 def near_chance(rec: dict[str, Any]) -> bool:
@@ -203,6 +204,18 @@ def _task_section(
         best = _best_per_budget(trows, budgets, keep)
         if best:
             lines += [f"**{title}** (test mean, 3 seeds): " + "; ".join(best) + ".", ""]
+    seeded = [r for r in trows if r["n"] == len(SEEDS)]
+    if seeded:
+        widest = max(seeded, key=lambda r: r["test_std"])
+        at_picks = sum(r["near_chance"] for r in seeded)
+        lines += [
+            f"Protocol check (issue 17, item 4: no method near chance, seed spreads <= {100 * SPREAD_GOAL:.1f} "
+            f"points): over the {len(seeded)} rows with every seed, the widest spread is {widest['label']} "
+            f"{_budget_label(widest['budget'])} at {100 * widest['test_std']:.2f}; "
+            f"{sum(r['test_std'] > SPREAD_GOAL for r in seeded)} row(s) above {100 * SPREAD_GOAL:.1f}; "
+            f"{at_picks} run(s) at the picks near chance.",
+            "",
+        ]
     chance = [r for r in runs if r["task"] == task and near_chance(r)]
     if chance:
         limit = 100 * (1 / NUM_CLASSES.get(task, 2) + NEAR_CHANCE)
