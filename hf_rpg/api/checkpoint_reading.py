@@ -46,9 +46,11 @@ class AdapterCheckpoint:
         return self.files[CONFIG_NAME]
 
     def check_weights(self) -> None:
+        """Raise ``RPGCheckpointError`` when the weights file is not the one ``rpg_config.json`` records."""
         check_weights_file(self.files[WEIGHTS_NAME], self.meta)
 
     def load_into(self, model: CheckpointModel) -> None:
+        """Copy the checkpoint's tensors into ``model`` (each checked before anything changes)."""
         load_tensors(
             model,
             self.files[WEIGHTS_NAME],
