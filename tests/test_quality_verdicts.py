@@ -5,8 +5,8 @@ from __future__ import annotations
 from benchmarks.quality import verdicts as quality_verdicts
 
 
-def _row(method: str, budget, mean: float, std: float, task: str = "text") -> dict:
-    return {"task": task, "method": method, "budget": budget, "test_mean": mean, "test_std": std}
+def _row(method: str, budget, mean: float, std: float, task: str = "text", n: int = 3) -> dict:
+    return {"task": task, "method": method, "budget": budget, "test_mean": mean, "test_std": std, "n": n}
 
 
 def test_verdicts_name_met_ties_and_misses():
@@ -25,6 +25,12 @@ def test_verdicts_name_met_ties_and_misses():
     assert "| text | 74,000 | 75.00 ± 1.00 | lora 72.00 ± 1.00 | -3.00 | met: at or above |" in text
     assert "8,000 DoF: hf_rpg defaults 72.00 ± 1.00 against full fine-tuning 76.00 ± 1.00: 4.00 points below" in text
     assert "missed by 3.00 points beyond the 1-point allowance" in text
+
+
+def test_a_verdict_with_seeds_still_running_says_so_far():
+    rows = [_row("rpg", 1000, 0.70, 0.01), _row("unilora", 1000, 0.72, 0.01, n=1)]
+    text = "\n".join(quality_verdicts.verdict_lines(rows))
+    assert "**missed by 2.00 points** (one std: 1.00) so far (unilora not at 3 seeds yet)" in text
 
 
 def test_the_library_defaults_row_wins_over_its_equivalent_and_the_section_is_replaced():
