@@ -31,6 +31,8 @@ from torch import nn
 from hf_rpg.spec.generator import derive_key, signed_indices
 from hf_rpg.spec.lowrank import projection
 
+# Runs of a candidate are keyed by its name and config, not by the numbers it computes: a change
+# to what a candidate computes must give it a new name (``cand-rpg-lora-2``), never reuse one.
 CANDIDATES: dict[str, dict[str, int]] = {"cand-rpg-lora": {"rank": 8}}
 KEY_NAME = "cand-rpg-lora"
 
