@@ -58,3 +58,31 @@ def test_cand_rpg_lora_starts_at_the_base_and_trains_both_factors():
     assert not torch.allclose(moved[a_index], at_zero[a_index])
     with torch.no_grad():
         assert (model(ids).logits - base(ids).logits).abs().max() > 0
+
+
+def test_the_report_sets_a_finished_candidate_beside_the_defaults_and_the_best_peer():
+    from benchmarks.llm_quality.report import candidate_lines
+
+    def row(method, val, mean, final=True):
+        return {
+            "task": "trec",
+            "budget": 1000,
+            "method": method,
+            "final": final,
+            "val_mean": val,
+            "val_std": 1.0,
+            "mean": mean,
+            "std": 2.0,
+            "seeds": 3,
+        }
+
+    rows = [
+        row("cand-rpg-lora", 76.0, 77.0),
+        row("rpg", 73.0, 66.0),
+        row("unilora", 69.0, 75.0),
+        row("fourierft", 60.0, 80.0, final=False),
+    ]  # an unfinished peer is not the best yet
+    [line] = candidate_lines(rows)
+    assert line.startswith("- trec, 1,000: cand-rpg-lora validation 76.00 ± 1.00 vs hf_rpg's defaults 73.00 ± 1.00")
+    assert line.endswith("test 77.00 ± 2.00 vs 66.00 ± 2.00; best finished peer unilora 75.00 ± 2.00")
+    assert candidate_lines([row("cand-rpg-lora", 76.0, 77.0, final=False)]) == []

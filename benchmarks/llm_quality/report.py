@@ -212,6 +212,31 @@ def plot(rows: list[dict[str, Any]], task: str, path: Path) -> bool:
     return True
 
 
+def candidate_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each finished candidate row against hf_rpg's defaults (validation decides, as for a default)
+    and against the best finished peer (what the goal would say were it the default)."""
+    out = []
+    for cand in sorted((r for r in rows if r["method"] in methods.CANDIDATES and r["final"]), key=_order):
+        same = [r for r in rows if r["task"] == cand["task"] and r["budget"] == cand["budget"] and r["final"]]
+        ours = next((r for r in same if r["method"] == "rpg"), None)
+        peers = [r for r in same if r["method"] in methods.PEERS]
+        line = f"- {cand['task']}, {cand['budget']:,}: {cand['method']} validation {_fmt(cand, 'val_mean', 'val_std')}"
+        if ours is not None:
+            line += f" vs hf_rpg's defaults {_fmt(ours, 'val_mean', 'val_std')}"
+        line += f"; test {_fmt(cand)}"
+        if ours is not None:
+            line += f" vs {_fmt(ours)}"
+        if peers:
+            best = max(peers, key=lambda r: r["mean"])
+            line += f"; best finished peer {best['method']} {_fmt(best)}"
+        out.append(line)
+    return out
+
+
+def _order(r: dict[str, Any]) -> tuple:
+    return (r["task"], r["budget"] if isinstance(r["budget"], int) else 10**12, r["method"])
+
+
 def write(results: Path, out: Path) -> str:
     runs = [r for r in read_results(results) if r.get("kind") == "run"]
     rows = summarise(runs)
@@ -230,6 +255,8 @@ def write(results: Path, out: Path) -> str:
             f"- Runs from {min(r['finished'] for r in runs)} to {max(r['finished'] for r in runs)}",
         ]
     lines += ["", "## Protocol", "", PROTOCOL, "## Goals", "", *verdicts(rows), ""]
+    if candidates := candidate_lines(rows):
+        lines += ["## Candidates (not hf_rpg's defaults)", "", *candidates, ""]
     for task in sorted({r["task"] for r in rows}):
         lines += [f"## {task}", "", *table(rows, task), ""]
         picture = out.parent / f"{out.stem}-plots" / f"{task}.png"
