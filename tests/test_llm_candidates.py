@@ -7,34 +7,21 @@ import copy
 
 import pytest
 import torch
-import transformers
+from architectures import VOCAB, build
 
 pytest.importorskip("peft", reason="PEFT is a benchmark dependency: pip install -e '.[bench]'")
 from benchmarks.llm_quality.candidates import LoRAFromRing, apply_candidate
 
 
-def _tiny_llama() -> transformers.LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
-
-
 def test_cand_rpg_lora_starts_at_the_base_and_trains_both_factors():
-    base = _tiny_llama()
+    base = build("llama")  # the tests' tiny Llama: hidden 32, 2 layers, 2 key/value heads of 8
     model = copy.deepcopy(base)
     positions = apply_candidate(model, "cand-rpg-lora", 50, seed=3, target_leaves=["q_proj", "v_proj"])
     # rank 8: q (32 out, 32 in) and v (16 out, 32 in) in each of 2 layers
     assert positions == 2 * 8 * ((32 + 32) + (16 + 32))
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert [n for n, _ in trainable] == ["rpg_candidate_factors.ring"] and trainable[0][1].numel() == 50
-    ids = torch.randint(0, 64, (2, 7))
+    ids = torch.randint(0, VOCAB, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, base(ids).logits, rtol=0, atol=0)
 
