@@ -216,7 +216,7 @@ def candidate_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Each finished candidate row against hf_rpg's defaults (validation decides, as for a default)
     and against the best finished peer (what the goal would say were it the default)."""
     out = []
-    for cand in sorted((r for r in rows if r["method"] in methods.CANDIDATES and r["final"]), key=_order):
+    for cand in (r for r in rows if r["method"] in methods.CANDIDATES and r["final"]):  # summarise's order
         same = [r for r in rows if r["task"] == cand["task"] and r["budget"] == cand["budget"] and r["final"]]
         ours = next((r for r in same if r["method"] == "rpg"), None)
         peers = [r for r in same if r["method"] in methods.PEERS]
@@ -231,10 +231,6 @@ def candidate_lines(rows: list[dict[str, Any]]) -> list[str]:
             line += f"; best finished peer {best['method']} {_fmt(best)}"
         out.append(line)
     return out
-
-
-def _order(r: dict[str, Any]) -> tuple:
-    return (r["task"], r["budget"] if isinstance(r["budget"], int) else 10**12, r["method"])
 
 
 def write(results: Path, out: Path) -> str:
