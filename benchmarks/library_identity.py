@@ -30,13 +30,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 EQUIVALENCE_FILE = REPO / "benchmarks" / "results" / "hf-rpg-numerics.json"
 
-# RPGConfig keyword arguments of the probe's cases (each also gets dof and seed).
+# RPGConfig keyword arguments of the probe's cases (each also gets dof and seed). An hf_rpg from
+# before ``update`` existed had only full-rank updates without a rank: the cases' "update" is
+# dropped for it (``_probe_case``), so both compute the same thing.
 PROBE_CASES: dict[str, dict[str, Any]] = {
-    "delta": {"mode": "delta"},
+    "delta": {"mode": "delta", "update": "full"},
     "delta-lowrank": {"mode": "delta", "rank": "auto"},
-    "delta-all-linear": {"mode": "delta", "target_modules": "all-linear"},
+    "delta-all-linear": {"mode": "delta", "target_modules": "all-linear", "update": "full"},
     "replace": {"mode": "replace"},
 }
+# Update kinds added later, each with its own digest (recorded as ``hf_rpg_numerics_<kind>``):
+# the identity of a run of that kind includes it, that of any other run does not, so a new kind
+# leaves the runs of the others keyed as they were.
+KIND_PROBE_CASES: dict[str, dict[str, Any]] = {"lora": {"mode": "delta", "update": "lora"}}
 PROBE_STEPS = 3
 
 
@@ -46,6 +52,8 @@ def _probe_case(kwargs: dict[str, Any], digest: Any) -> None:
 
     from hf_rpg import RPGConfig, apply_rpg
 
+    if "update" in kwargs and not hasattr(RPGConfig(), "update"):
+        kwargs = {k: v for k, v in kwargs.items() if k != "update"}
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=96,
@@ -77,20 +85,29 @@ def _probe_case(kwargs: dict[str, Any], digest: Any) -> None:
         digest.update(p.detach().numpy().tobytes())
 
 
-def probe_digest() -> str:
-    """The identity of the hf_rpg this process imports: a digest of the probe's numbers."""
+def _digest(cases: dict[str, dict[str, Any]]) -> str:
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: reductions in one order, as the benchmarks run
     try:
         digest = hashlib.sha256()
-        for name, kwargs in PROBE_CASES.items():
+        for name, kwargs in cases.items():
             digest.update(name.encode())
             _probe_case(kwargs, digest)
         return digest.hexdigest()[:12]
     finally:
         torch.set_num_threads(threads)
+
+
+def probe_digest() -> str:
+    """The identity of the hf_rpg this process imports: a digest of the probe's numbers."""
+    return _digest(PROBE_CASES)
+
+
+def kind_digests() -> dict[str, str]:
+    """``{"hf_rpg_numerics_<kind>": digest}`` of each later update kind (``KIND_PROBE_CASES``)."""
+    return {f"hf_rpg_numerics_{kind}": _digest({kind: kwargs}) for kind, kwargs in KIND_PROBE_CASES.items()}
 
 
 def read_equivalences(path: Path = EQUIVALENCE_FILE) -> dict[str, dict[str, Any]]:
@@ -99,7 +116,16 @@ def read_equivalences(path: Path = EQUIVALENCE_FILE) -> dict[str, dict[str, Any]
 
 def library_identity(rec: dict[str, Any], equivalences: dict[str, dict[str, Any]] | None = None) -> str | None:
     """An hf_rpg run's library identity: its probe digest, else the digest its source hash was
-    measured to have, else ``source:<hash>`` (equal only to runs of the very same source)."""
+    measured to have, else ``source:<hash>`` (equal only to runs of the very same source); a run
+    of a later update kind (``KIND_PROBE_CASES``) adds that kind's digest."""
+    base = _base_identity(rec, equivalences)
+    kind = (rec.get("config") or {}).get("update") if isinstance(rec.get("config"), dict) else None
+    if base is None or kind not in KIND_PROBE_CASES:
+        return base
+    return f"{base}+{kind}:{rec.get(f'hf_rpg_numerics_{kind}', 'unknown')}"
+
+
+def _base_identity(rec: dict[str, Any], equivalences: dict[str, dict[str, Any]] | None) -> str | None:
     if rec.get("hf_rpg_numerics"):
         return rec["hf_rpg_numerics"]
     source = rec.get("hf_rpg_source") or rec.get("commit")

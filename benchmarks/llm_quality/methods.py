@@ -16,6 +16,7 @@ from torch import nn
 from benchmarks.llm_quality.candidates import CANDIDATES, apply_candidate
 from benchmarks.peft_peers import peft_peer
 from benchmarks.quality.methods import Plan  # one (method, budget) and its lr grid, as there
+from benchmarks.rpg_update import with_update
 from hf_rpg import RPGConfig, apply_rpg
 
 QV = ["q_proj", "v_proj"]
@@ -27,9 +28,10 @@ FOURIERFT_SCALING = 150.0  # the docstring's value for RoBERTa on GLUE; the lr g
 
 # hf_rpg variants: name -> RPGConfig keyword arguments besides mode="delta", dof, seed.
 RPG_VARIANTS: dict[str, dict[str, Any]] = {
-    "rpg": {},  # the library's defaults (query and value, full rank)
+    "rpg": {},  # the library's defaults (query and value; rpg-lora-v1 up to 2,048 ring entries, full rank above)
+    "rpg-full": {"update": "full"},  # query and value, full rank (the defaults' kind before rpg-lora-v1)
     "rpg-lowrank": {"rank": "auto"},  # rpg-lowrank-v1
-    "rpg-all-linear": {"target_modules": "all-linear"},  # every linear layer but the LM head
+    "rpg-all-linear": {"target_modules": "all-linear", "update": "full"},  # every linear layer but the LM head
 }
 PEERS = ("lora", "vera", "unilora", "tinylora", "fourierft", "vblora")
 BASELINES = ("full",)
@@ -111,7 +113,7 @@ def plan(base: nn.Module, method: str, budget: int) -> Plan:
                 )
         return Plan(method, budget, None, [], f"fewer than 4 vectors of length {length} fit at r=1")
     if method in RPG_VARIANTS:
-        return Plan(method, budget, {"dof": budget, **RPG_VARIANTS[method]}, LR_GRIDS["rpg"])
+        return Plan(method, budget, with_update({"dof": budget, **RPG_VARIANTS[method]}, budget), LR_GRIDS["rpg"])
     if method in CANDIDATES:
         return Plan(method, budget, {"dof": budget, **CANDIDATES[method]}, LR_GRIDS[method])
     raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")

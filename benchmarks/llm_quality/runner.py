@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.library_identity import library_identity, probe_digest
+from benchmarks.library_identity import kind_digests, library_identity, probe_digest
 from benchmarks.llm_quality import methods, tasks
 from benchmarks.lr_selection import MAX_WIDENINGS, pick_lr, widen
 from benchmarks.quality.loop import schedule
@@ -118,13 +118,14 @@ class Runner:
             "commit": git_commit(library),
             "hf_rpg_source": source_hash(library),
             "hf_rpg_numerics": probe_digest(),
+            **kind_digests(),
             "machine": machine(),
             "device_requested": device,
         }
 
     def run(self, base: nn.Module, task: tasks.LLMTask, p: methods.Plan, lr: float, seed: int) -> dict[str, Any]:
         probe = {"task": task.name, "method": p.method, "budget": p.budget, "config": p.config, "lr": lr, "seed": seed}
-        probe["hf_rpg_numerics"] = self.meta["hf_rpg_numerics"]
+        probe.update({k: v for k, v in self.meta.items() if k.startswith("hf_rpg_numerics")})
         key = run_key(probe)
         if key in self.done:
             return self.done[key]

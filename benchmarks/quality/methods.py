@@ -13,6 +13,7 @@ import transformers
 from torch import nn
 
 from benchmarks.peft_peers import peft_peer
+from benchmarks.rpg_update import with_update
 from hf_rpg import RPGConfig, apply_rpg
 
 from .protocol import (
@@ -101,7 +102,7 @@ def plan(task: Task, method: str, budget: int) -> Plan:
         return Plan(method, budget, cfg, LR_GRIDS[method])
     if method in RPG_VARIANTS:
         desc = {k: (repr(v) if callable(v) else v) for k, v in RPG_VARIANTS[method].items()}
-        return Plan(method, budget, {"dof": budget, **desc}, LR_GRIDS["rpg"])
+        return Plan(method, budget, with_update({"dof": budget, **desc}, budget), LR_GRIDS["rpg"])
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -136,6 +137,7 @@ def build(task: Task, p: Plan, seed: int) -> tuple[nn.Module, list[dict], int, d
         model = peft_peer(model, p.method, p.config, seed, **common)
     else:
         kwargs = {k: (v(model) if callable(v) else v) for k, v in RPG_VARIANTS[p.method].items()}
+        kwargs["update"] = p.config["update"]  # the kind the plan resolved and records
         if "target_modules" in kwargs and isinstance(kwargs["target_modules"], list):
             extra["rpg_targets"] = len(kwargs["target_modules"])
         model = apply_rpg(model, RPGConfig(mode="delta", dof=p.budget, seed=seed, **kwargs))

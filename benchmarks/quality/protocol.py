@@ -84,9 +84,10 @@ class QueryValue:
 # hf_rpg variants: name -> RPGConfig keyword arguments besides mode="delta", dof=budget, seed.
 # A value that is callable is called with the (unwrapped) model to resolve it.
 RPG_VARIANTS: dict[str, dict[str, Any]] = {
-    "rpg": {},  # the library's defaults (query and value, full rank: the same as rpg-qv)
-    "rpg-qv": {"target_modules": QueryValue()},  # full rank (the library's rank=None default)
-    "rpg-all": {"target_modules": AllLinearAndEmbedding()},  # the library's old default
+    "rpg": {},  # the library's defaults (query and value; rpg-lora-v1 up to 2,048 ring entries, full rank above)
+    "rpg-full": {"update": "full"},  # query and value, full rank (the defaults' kind before rpg-lora-v1)
+    "rpg-qv": {"target_modules": QueryValue(), "update": "full"},  # full rank
+    "rpg-all": {"target_modules": AllLinearAndEmbedding(), "update": "full"},  # the library's old default
     "rpg-qv-r8": {"target_modules": QueryValue(), "rank": 8},  # rpg-lowrank-v1 at rank 8
     "rpg-qv-lowrank": {"target_modules": QueryValue(), "rank": "auto"},  # rpg-lowrank-v1, rank="auto"
     # rank="auto" with an earlier projection scale (1/sqrt(r) instead of sqrt(8)/r): its runs

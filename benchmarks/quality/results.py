@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.library_identity import library_identity
+from benchmarks.rpg_update import normalise_record
 
 from .protocol import is_rpg
 from .record import _key_lr
@@ -40,6 +41,7 @@ def run_key(rec: dict[str, Any]) -> str:
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
+    """The records of a results file (hf_rpg runs normalised by ``benchmarks.rpg_update``)."""
     if not path.is_file():
         return []
     out = []
@@ -47,9 +49,10 @@ def read_results(path: Path) -> list[dict[str, Any]]:
         line = line.strip()
         if line:
             try:
-                out.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a kill
                 continue
+            out.append(normalise_record(rec, "method" in rec and is_rpg(rec["method"])))
     return out
 
 

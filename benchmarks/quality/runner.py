@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import hf_rpg
-from benchmarks.library_identity import probe_digest
+from benchmarks.library_identity import kind_digests, probe_digest
 from benchmarks.lr_selection import MAX_WIDENINGS, pick_lr, widen
 
 from .methods import Plan
@@ -30,6 +30,7 @@ class Runner:
             "hf_rpg_path": str(library),
             "hf_rpg_source": source_hash(library),
             "hf_rpg_numerics": probe_digest(),
+            **kind_digests(),
             "script_commit": git_commit(REPO),
             "machine": machine(),
             "smoke": smoke,
@@ -53,7 +54,7 @@ class Runner:
 
     def run(self, task: Task, p: Plan, lr: float, seed: int) -> dict[str, Any]:
         probe = {"task": task.name, "method": p.method, "budget": p.budget, "config": p.config, "lr": lr, "seed": seed}
-        probe["hf_rpg_numerics"] = self.meta["hf_rpg_numerics"]
+        probe.update({k: v for k, v in self.meta.items() if k.startswith("hf_rpg_numerics")})
         probe["protocol"] = PROTOCOL_VERSION
         key = run_key(probe)
         if key in self.done:

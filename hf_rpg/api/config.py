@@ -30,6 +30,15 @@ OTHER_PARAMETERS = ("train", "head", "freeze")
 INDEX_CACHES = ("auto", "int32", "none")
 RING_DTYPES = ("float32", "float64", "bfloat16", "float16")
 WEIGHTS_IN_BACKWARD = ("auto", "regenerate", "keep")
+UPDATES = ("auto", "full", "lowrank", "lora")
+Update = Literal["auto", "full", "lowrank", "lora"]
+# update="auto" in delta mode: rpg-lora-v1 for an int dof up to this many ring entries. Measured
+# on SmolLM2 (sentiment, TREC; benchmarks/results/llm-quality.md): at 1,000 its validation tied
+# full rank on one task and beat it by 3.5 points on the other; at 10,000 full rank led on both.
+# No budget in between was measured: the switch sits at twice the budget where it won.
+AUTO_LORA_MAX_DOF = 2048
+# update="lora": the rank when rank is None (the rank the benchmark measured).
+LORA_RANK = 8
 DEFAULT_RING = "default"
 # rank="auto": the rank of small rings, and the generated elements per ring entry kept for large ones.
 AUTO_RANK = 8
@@ -127,20 +136,29 @@ class RPGConfig:
         rings: Local RPG (the paper's per-stage rings): a map from ring name to a pattern
             over module (or parameter) names. Targets matching no pattern use the ring
             ``"default"``. ``None`` gives one global ring.
-        rank: Delta mode: ``None`` (the default) generates each layer's full update ``ΔW``
-            (``out × in`` elements per layer from the ring). An int or ``"auto"`` makes
-            linear layers' updates low-rank (``rpg-lowrank-v1``): the ring generates a
-            factor ``F`` (``[out, rank]``), the update is ``F P`` with ``P`` a fixed
-            ``[rank, in]`` sign projection regenerated from the seed, and the layer
-            computes ``x Wᵀ + (x Pᵀ) Fᵀ``: two thin products as in LoRA, no dense update in
-            training, a step as cheap as LoRA's. ``"auto"`` is ``AUTO_RANK`` (8), raised
-            for a large ring until the factors hold ``AUTO_RANK_ELEMENTS_PER_DOF`` (4)
-            generated elements per ring entry, and capped at each layer's
-            ``min(in, out)``. ``benchmarks/results/quality.md`` measures both: full rank is the
-            more accurate at the same ring size, low rank the cheaper. Targets that are
-            not linear layers (embeddings, convolutions, raw parameters) always get a
-            full-rank update; replace mode (whole weights) ignores ``"auto"`` and refuses
-            an int.
+        rank: Delta mode, linear layers: the rank of a low-rank update (``update="lowrank"`` or
+            ``"lora"``). ``None``: full rank under ``update="auto"`` or ``"full"``,
+            ``"auto"`` under ``"lowrank"`` and ``LORA_RANK`` (8) under ``"lora"``. ``"auto"``
+            (``update="lowrank"`` only) is ``AUTO_RANK`` (8), raised for a large ring until the
+            factors hold ``AUTO_RANK_ELEMENTS_PER_DOF`` (4) generated elements per ring entry,
+            and capped at each layer's ``min(in, out)``. A rank given with ``update="auto"``
+            means ``"lowrank"`` (as before ``update`` existed).
+        update: Delta mode: the kind of update generated for linear layers.
+            ``"full"``: the whole ``ΔW`` (``out × in`` elements per layer from the ring,
+            ``rpg-v1``). ``"lowrank"`` (``rpg-lowrank-v1``): the ring generates a factor ``F``
+            (``[out, rank]``), the update is ``F P`` with ``P`` a fixed ``[rank, in]`` sign
+            projection regenerated from the seed. ``"lora"`` (``rpg-lora-v1``): the ring
+            generates both factors of a LoRA-shaped update, ``ΔW = F (P + A)`` with ``F``
+            (``[out, rank]``) and ``A`` (``[rank, in]``) read from the ring, zero at start.
+            Both low-rank kinds compute ``x Wᵀ + (x Pᵀ) Fᵀ`` (``P + A`` for ``"lora"``): two
+            thin products as in LoRA, no dense update in training, a step as cheap as
+            LoRA's. ``"auto"`` (the default): ``"lora"`` at rank 8 for an int ``dof`` up to
+            ``AUTO_LORA_MAX_DOF`` (2,048), where it was the more accurate on SmolLM2, and
+            ``"full"`` above (``"lowrank"`` when a ``rank`` or ``rank_pattern`` is given);
+            ``benchmarks/results/llm-quality.md`` and ``quality.md`` measure them. Targets that
+            are not linear layers (embeddings, convolutions, raw parameters) always get a
+            full-rank update. Replace mode (whole weights) takes ``"auto"`` or ``"full"`` and
+            ignores ``rank="auto"``.
         gain: Per-tensor scale of the generated values. ``"auto"`` uses the standard
             deviation of the tensor's current values (its layer's own initialisation, or
             the pretrained weights), falling back to the model's ``initializer_range`` or
@@ -209,6 +227,7 @@ class RPGConfig:
     target_parameters: Pattern = None
     rings: dict[str, str | list[str]] | None = None
     rank: int | Literal["auto"] | None = None
+    update: Update = "auto"
     gain: Gain | float = "auto"
     other_parameters: OtherParameters | None = None
     modules_to_save: Pattern = None
@@ -245,6 +264,7 @@ class RPGConfig:
         self.target_parameters = _check_pattern("target_parameters", self.target_parameters)
         self._validate_rings()
         self._validate_rank()
+        self._validate_update()
         self._validate_gain()
         if self.other_parameters is not None:
             self._check_choice("other_parameters", self.other_parameters, OTHER_PARAMETERS)
@@ -317,6 +337,50 @@ class RPGConfig:
                 f"rank={self.rank} applies to mode='delta' (a low-rank update of frozen weights); "
                 "mode='replace' generates whole weights: use rank=None"
             )
+
+    def _validate_update(self) -> None:
+        self._check_choice("update", self.update, UPDATES)
+        if not self.is_delta and self.update not in ("auto", "full"):
+            raise RPGConfigError(
+                f"update={self.update!r} applies to mode='delta' (an update of frozen weights); mode='replace' "
+                "generates whole weights: use update='auto' or 'full'"
+            )
+        if self.update == "full" and (self.rank is not None or self.rank_pattern is not None):
+            what = f"rank={self.rank!r}" if self.rank is not None else "rank_pattern"
+            raise RPGConfigError(
+                f"{what} asks for low-rank updates but update='full'; use update='lowrank' or 'lora' "
+                "with a rank, or rank=None and rank_pattern=None for full-rank updates"
+            )
+        if self.update == "lora" and self.rank == "auto":
+            raise RPGConfigError(
+                "rank='auto' grows rpg-lowrank-v1's rank with the ring (update='lowrank'); update='lora' takes an "
+                f"int rank, or None for {LORA_RANK}"
+            )
+
+    @property
+    def resolved_update(self) -> str:
+        """``update`` with ``"auto"`` decided: ``"full"``, ``"lowrank"`` or ``"lora"``."""
+        if self.update != "auto":
+            return self.update
+        if not self.is_delta:
+            return "full"
+        if self.rank is not None or self.rank_pattern is not None:
+            return "lowrank"
+        if isinstance(self.dof, int) and self.dof <= AUTO_LORA_MAX_DOF:
+            return "lora"
+        return "full"
+
+    @property
+    def resolved_rank(self) -> int | Literal["auto"] | None:
+        """The rank of linear layers' updates under ``resolved_update`` (None: full rank)."""
+        update = self.resolved_update
+        if update == "full":
+            return None
+        if self.rank is not None:
+            return self.rank
+        if self.update == "auto" and update == "lowrank":  # rank_pattern alone: other layers stay full rank
+            return None
+        return LORA_RANK if update == "lora" else "auto"
 
     def _validate_layers(self) -> None:
         layers = self.layers_to_transform

@@ -11,6 +11,7 @@ engine, the loader and the DoF report. Nothing after this step reads the config.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import struct
@@ -20,9 +21,9 @@ from torch import nn
 
 from ..errors import RPGConfigError
 from ..format.manifest import Layout, RingLayout, TargetLayout
-from ..runtime.plan import ADDITIVE, LOWRANK, MERGED, REPLACE, Plan, Serving, TargetPlan
+from ..runtime.plan import ADDITIVE, LORA, LOWRANK, MERGED, REPLACE, Plan, Serving, TargetPlan
 from ..spec.generator import MAX_POSITIONS
-from ..spec.lowrank_shapes import LOWRANK_KINDS, factor_shape, features
+from ..spec.lowrank_shapes import LORA_VERSION, LOWRANK_KINDS, LOWRANK_VERSION, features, gained_numel, generated_shape
 from .config import AUTO_INDEX_CACHE_ELEMENTS, AUTO_RANK, AUTO_RANK_ELEMENTS_PER_DOF, RPGConfig
 from .targets import FoundTarget, select
 
@@ -36,6 +37,7 @@ def make_plan(
     if on_meta:
         check_meta_config(config, device)
     targets, rings, stored, gains = select(model, config)
+    config = _settle_update(config, targets)
     layout = build_layout(targets, rings, gains, config, _ranks(targets, config))
     ring_init = "zeros" if config.is_delta else config.init
     return targets, plan_for_layout(model, config, layout, targets, device, stored, ring_init)
@@ -102,8 +104,18 @@ def check_meta_config(config: RPGConfig, device: torch.device | None) -> None:
         raise RPGConfigError("init='project' fits the model's weights, and a model on the meta device has none")
 
 
+def _settle_update(config: RPGConfig, targets: list[FoundTarget]) -> RPGConfig:
+    """``update="auto"``: full rank where ``rpg-lora-v1`` would generate fewer values than the
+    ring has entries (a small model at a large ``dof``), which could not hold the budget."""
+    if config.update != "auto" or config.resolved_update != "lora":
+        return config
+    ranks = _uniform_ranks(targets, config)
+    elements = sum(generated_numel(t, r, LORA_VERSION) for t, r in zip(targets, ranks, strict=True))
+    return config if elements >= config.dof else dataclasses.replace(config, update="full")
+
+
 def _lowrank_eligible(target: FoundTarget) -> bool:
-    """``config.rank`` applies to the ``weight`` of linear layers (dense or quantized, one owner)."""
+    """A rank applies to the ``weight`` of linear layers (dense or quantized, one owner)."""
     return (
         target.kind in LOWRANK_KINDS
         and len(target.owners) == 1
@@ -134,10 +146,10 @@ def rank_pattern_key(rank_pattern: dict[str, int], name: str) -> str | None:
 
 
 def _uniform_ranks(targets: list[FoundTarget], config: RPGConfig) -> list[int | None]:
-    if config.rank is None or not config.is_delta:  # replace mode generates whole weights
+    rank = config.resolved_rank
+    if rank is None or not config.is_delta:  # replace mode generates whole weights
         return [None] * len(targets)
     eligible = [_lowrank_eligible(t) for t in targets]
-    rank = config.rank
     if rank == "auto":
         outs = sum(features(t.shape, t.kind)[1] for t, ok in zip(targets, eligible, strict=True) if ok)
         rank = AUTO_RANK
@@ -184,6 +196,8 @@ def _serving(target: FoundTarget, config: RPGConfig, entry: TargetLayout) -> Ser
     """How a target is served (see ``hf_rpg.runtime.plan``)."""
     if not config.is_delta:
         return REPLACE
+    if entry.update == LORA_VERSION:
+        return LORA
     if entry.rank is not None:
         return LOWRANK
     return ADDITIVE if target.quantization is not None else MERGED
@@ -217,20 +231,29 @@ def allocate_dof(dof: int | float, elements: dict[str, int]) -> dict[str, int]:
     return sizes
 
 
-def generated_numel(target: FoundTarget, rank: int | None) -> int:
-    """Elements the ring generates for ``target``: the tensor, or its ``[out, rank]`` factor."""
-    return target.numel if rank is None else math.prod(factor_shape(target.shape, target.kind, rank))
+def low_rank_update(config: RPGConfig) -> str:
+    """The version string of the config's low-rank update kind (for the targets with a rank)."""
+    return LORA_VERSION if config.resolved_update == "lora" else LOWRANK_VERSION
+
+
+def generated_numel(target: FoundTarget, rank: int | None, update: str = LOWRANK_VERSION) -> int:
+    """Elements the ring generates for ``target``: the tensor, or its low-rank factor(s)."""
+    return target.numel if rank is None else math.prod(generated_shape(target.shape, target.kind, rank, update))
 
 
 def ring_scales(
-    targets: list[FoundTarget], rings: list[str], gains: list[float], ranks: list[int | None] | None = None
+    targets: list[FoundTarget],
+    rings: list[str],
+    gains: list[float],
+    ranks: list[int | None] | None = None,
+    update: str = LOWRANK_VERSION,
 ) -> dict[str, float]:
-    """Element-weighted RMS of the absolute gains of each ring's targets."""
+    """RMS of the absolute gains of each ring's targets, weighted by the values each gain scales."""
     ranks = ranks if ranks is not None else [None] * len(targets)
     sums: dict[str, list[float]] = {}
     for target, ring, gain, rank in zip(targets, rings, gains, ranks, strict=True):
         acc = sums.setdefault(ring, [0.0, 0.0])
-        numel = generated_numel(target, rank)
+        numel = gained_numel(target.shape, target.kind, rank, update if rank is not None else None)
         acc[0] += numel * gain * gain
         acc[1] += numel
     return {ring: _round32(math.sqrt(acc[0] / acc[1])) for ring, acc in sums.items()}
@@ -255,18 +278,20 @@ def build_layout(
     ``None`` for a full-rank target (all of them when ``ranks`` is ``None``).
     """
     ranks = ranks if ranks is not None else [None] * len(targets)
-    scales = ring_scales(targets, rings, gains, ranks)
+    update = low_rank_update(config)
+    scales = ring_scales(targets, rings, gains, ranks, update)
     # delta mode: a float gain scales the update (ring values stay on the weights' scale)
     multiplier = config.gain if config.is_delta and isinstance(config.gain, float) else 1.0
     offsets: dict[str, int] = {}
     entries = []
     for target, ring, gain, rank in zip(targets, rings, gains, ranks, strict=True):
         offset = offsets.get(ring, 0)
-        numel = generated_numel(target, rank)
+        numel = generated_numel(target, rank, update)
         offsets[ring] = offset + numel
         tied = tuple(o.path for o in target.owners if o.path != target.name)
         relative = _round32(multiplier * gain / scales[ring])
-        entries.append(TargetLayout(target.name, target.shape, ring, offset, relative, target.kind, tied, rank))
+        kind = update if rank is not None else None
+        entries.append(TargetLayout(target.name, target.shape, ring, offset, relative, target.kind, tied, rank, kind))
     for ring, elements in offsets.items():
         if elements > MAX_POSITIONS:
             raise RPGConfigError(f"ring {ring!r} would generate {elements} elements; at most 2**62 are supported")

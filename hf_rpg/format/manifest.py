@@ -16,7 +16,7 @@ from ..describe import is_int as _is_int
 from ..describe import short
 from ..errors import RPGManifestMismatchError
 from ..spec.generator import MAX_POSITIONS
-from ..spec.lowrank_shapes import LOWRANK_KINDS, LOWRANK_VERSION, SUPPORTED_LOWRANK, factor_shape
+from ..spec.lowrank_shapes import LOWRANK_KINDS, LOWRANK_VERSION, SUPPORTED_LOWRANK, generated_shape
 
 # Ring names become safetensors keys and ParameterDict keys: keep them plain.
 RING_NAME_PATTERN = re.compile(r"[A-Za-z0-9_\-]{1,64}")
@@ -78,8 +78,10 @@ class TargetLayout:
     """One generated tensor: elements ``[offset, offset + numel)`` of its ring's positions.
 
     ``shape`` is the shape of the model's tensor. With a ``rank`` (delta mode, linear
-    layers: ``rpg-lowrank-v1``, see ``hf_rpg.spec.lowrank``) the ring generates the factor ``F``
-    of shape ``generated_shape = [out, rank]`` and the update is ``F P``.
+    layers) ``update`` names the low-rank update kind: ``rpg-lowrank-v1`` (``hf_rpg.spec.lowrank``:
+    the ring generates the factor ``F``, ``[out, rank]``, and the update is ``F P``) or
+    ``rpg-lora-v1`` (``hf_rpg.spec.lora``: the ring generates ``F`` and ``A`` as one block of
+    ``rank · (out + in)`` values, and the update is ``F (P + A)``).
     """
 
     name: str
@@ -90,11 +92,18 @@ class TargetLayout:
     kind: str = "parameter"
     tied: tuple[str, ...] = ()
     rank: int | None = None
+    update: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rank is not None and self.update is None:  # a rank alone: rpg-lowrank-v1
+            object.__setattr__(self, "update", LOWRANK_VERSION)
 
     @property
     def generated_shape(self) -> tuple[int, ...]:
-        """Shape of what the ring generates: the tensor itself, or its low-rank factor."""
-        return self.shape if self.rank is None else factor_shape(self.shape, self.kind, self.rank)
+        """Shape of what the ring generates: the tensor itself, or its low-rank factor(s)."""
+        if self.rank is None:
+            return self.shape
+        return generated_shape(self.shape, self.kind, self.rank, self.update)
 
     @property
     def numel(self) -> int:
@@ -115,7 +124,7 @@ class TargetLayout:
             data["tied"] = list(self.tied)
         if self.rank is not None:
             data["rank"] = self.rank
-            data["update"] = LOWRANK_VERSION
+            data["update"] = self.update
         return data
 
     @classmethod
@@ -129,7 +138,7 @@ class TargetLayout:
         if not isinstance(tied, list) or not all(isinstance(t, str) and t for t in tied):
             raise RPGManifestMismatchError(f"{where}: 'tied' must be a list of parameter names, got {_short(tied)}")
         kind = _name(data, "kind", where, default="parameter")
-        rank = None
+        rank = update = None
         if "rank" in data or "update" in data:
             update = _name(data, "update", where)
             if update not in SUPPORTED_LOWRANK:
@@ -152,6 +161,7 @@ class TargetLayout:
             kind=kind,
             tied=tuple(tied),
             rank=rank,
+            update=update,
         )
 
 

@@ -23,13 +23,14 @@ ring; the weight is cast after generation, so the cast is the only rounding).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import RPGStateError
+from ..spec.lora import lora_delta_weight, part_scales, split_factors
 from ..spec.lowrank import delta_weight, projection
 from ..spec.lowrank_shapes import features
 from .buffer_pool import BufferPool
@@ -109,6 +110,12 @@ class WeightEngine:
         self._scope_depth: dict[int, int] = {}
         self._placeholders: torch.device | None = None
         self._generated = 0
+        # rpg-lora-v1 targets generate their block without the gain, then scale F and A apart
+        self._requested = [
+            replace(t, gain=1.0) if s.serving.both_factors else t
+            for t, s in zip(plan.layout.targets, plan.targets, strict=True)
+        ]
+        self._part_scales: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
         self.enabled = True
         self.update_enabled = True  # False inside RPGModel.disable_rpg(): the untouched base runs
 
@@ -119,6 +126,7 @@ class WeightEngine:
     def follow(self, plan: Plan) -> None:
         """Serve ``plan`` from now on (the same targets, moved or cast: ``Plan.moved``)."""
         self.plan = plan
+        self._part_scales.clear()
         self.drop_inference_weights()
 
     def stats(self) -> RuntimeStats:
@@ -168,22 +176,36 @@ class WeightEngine:
         weights: dict[int, torch.Tensor] = {}
         for ring_name, ids in by_ring.items():
             ring = self.ring(ring_name)
-            requests = [_Request(self.layout.targets[i], self._merged_base(i) if with_base else None) for i in ids]
+            requests = [_Request(self._requested[i], self._merged_base(i) if with_base else None) for i in ids]
             out = None
             if pooled:
                 out = self.pool.take(sum(r.target.numel for r in requests), ring.dtype, ring.device)
             outputs = _GenerateFromRing.apply(ring, self.indices, ring_name, requests, out)
             weights.update(zip(ids, outputs, strict=True))
+        for tid, weight in weights.items():
+            if self.plan.targets[tid].serving.both_factors:
+                weights[tid] = weight * self._scales_of(tid, weight.dtype, weight.device)
         if not torch.compiler.is_compiling():
             # a count, not part of the computation: inside a compiled graph dynamo would guard on
             # this integer and recompile each time it changes (hot-swapped rings, say)
             self._generated += len(target_ids)
         return weights
 
+    def _scales_of(self, target_id: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``rpg-lora-v1``: the per-value scales of a target's block (``F``'s gain, ``A``'s fixed scale)."""
+        key = (target_id, dtype, device)
+        scales = self._part_scales.get(key)
+        if scales is None:
+            entry = self.layout.targets[target_id]
+            scales = part_scales(entry.shape, entry.kind, entry.rank, entry.gain, dtype=dtype, device=device)
+            self._part_scales[key] = scales
+        return scales
+
     def generate(self, target_ids: list[int]) -> dict[int, torch.Tensor]:
         """The full current value of the given targets, each in its own dtype and device
         (with autograd to the rings when grad is enabled). Targets whose update is added to
-        the layer's output give their update only (``ΔW``, or the low-rank factor ``F``)."""
+        the layer's output give their update only (``ΔW``, the low-rank factor ``F``, or the
+        ``rpg-lora-v1`` block of ``F`` and ``A``)."""
         raw = self._raw(target_ids, with_base=True, pooled=False)
         return {tid: self._finish(tid, weight) for tid, weight in raw.items()}
 
@@ -202,9 +224,9 @@ class WeightEngine:
         return self._finish(target_id, raw)
 
     def _update(self, target_id: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """``ΔW`` of an additive (quantized-base) target, or the factor ``F`` of a low-rank
-        one, in ``dtype`` on ``device``. (Low-rank factors are small: not pooled, so no
-        buffer is held between steps.)"""
+        """``ΔW`` of an additive (quantized-base) target, the factor ``F`` of a low-rank one, or
+        the block of ``F`` and ``A`` of an ``rpg-lora-v1`` one, in ``dtype`` on ``device``.
+        (Low-rank factors are small: not pooled, so no buffer is held between steps.)"""
         pooled = self.plan.targets[target_id].serving.pooled_update and not torch.compiler.is_compiling()
         raw = self._raw([target_id], with_base=False, pooled=pooled)[target_id]
         return raw if raw.dtype == dtype and raw.device == device else raw.to(device=device, dtype=dtype)
@@ -218,11 +240,16 @@ class WeightEngine:
 
     def dense_update(self, target_id: int, generated: torch.Tensor) -> torch.Tensor:
         """What ``generate`` gave for a target, as a tensor of its weight's shape: a low-rank
-        factor ``F`` becomes ``F P`` (in the layout of the weight); anything else is itself."""
-        if not self.plan.targets[target_id].serving.low_rank:
+        factor ``F`` becomes ``F P``, an ``rpg-lora-v1`` block ``F (P + A)`` (in the layout of
+        the weight); anything else is itself."""
+        serving = self.plan.targets[target_id].serving
+        if not serving.low_rank:
             return generated
         target = self.layout.targets[target_id]
-        return delta_weight(generated, self.projection(target_id, generated.dtype, generated.device), target.kind)
+        proj = self.projection(target_id, generated.dtype, generated.device)
+        if serving.both_factors:
+            return lora_delta_weight(generated, proj, target.shape, target.kind, target.rank)
+        return delta_weight(generated, proj, target.kind)
 
     # ------------------------------------------------------------------ inference cache
 
@@ -398,7 +425,8 @@ class WeightEngine:
 
     def _add_update(self, target_id: int, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
         """``output + x · ΔWᵀ`` for a quantized linear base, ``output + (x Pᵀ) Fᵀ`` for a
-        low-rank target (the layer's own forward made ``output``)."""
+        low-rank target, ``output + (x (P + A)ᵀ) Fᵀ`` for an ``rpg-lora-v1`` one (the layer's
+        own forward made ``output``)."""
         x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
         if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
             raise RPGStateError(
@@ -410,8 +438,14 @@ class WeightEngine:
         else:
             delta = self._update(target_id, x.dtype, x.device)
             self._keep_live(target_id, delta)
-        if self.plan.targets[target_id].serving.low_rank:
-            return output + F.linear(F.linear(x, self.projection(target_id, x.dtype, x.device)), delta).to(output.dtype)
+        serving = self.plan.targets[target_id].serving
+        if serving.low_rank:
+            proj = self.projection(target_id, x.dtype, x.device)
+            if serving.both_factors:
+                entry = self.layout.targets[target_id]
+                delta, a = split_factors(delta, entry.shape, entry.kind, entry.rank)
+                proj = proj + a
+            return output + F.linear(F.linear(x, proj), delta).to(output.dtype)
         return output + F.linear(x, delta).to(output.dtype)
 
     def _pack(self, tensor: torch.Tensor) -> Any:

@@ -10,8 +10,10 @@ read it and never look at the config again. How a target reaches its layer is a
   ``W0 + ΔW`` (the generation adds the base), elsewhere the frozen base Parameter.
 - ``ADDITIVE`` (delta mode, a quantized base): the attribute stays the base and the owner's
   output gets ``x · ΔWᵀ`` added after its own forward.
-- ``LOWRANK`` (delta mode, ``rank`` set): as additive, with ``ΔW = F P`` applied as
+- ``LOWRANK`` (delta mode, ``rpg-lowrank-v1``): as additive, with ``ΔW = F P`` applied as
   ``(x Pᵀ) Fᵀ``; the ring generates the factor ``F``, ``P`` is fixed by the seed.
+- ``LORA`` (delta mode, ``rpg-lora-v1``): as low-rank, with ``ΔW = F (P + A)``; the ring
+  generates both ``F`` and ``A``.
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Serving:
-    """How a generated target reaches its layer (one of the four instances below).
+    """How a generated target reaches its layer (one of the five instances below).
 
     Attributes:
-        name: ``"replace"``, ``"merged"``, ``"additive"`` or ``"lowrank"``.
+        name: ``"replace"``, ``"merged"``, ``"additive"``, ``"lowrank"`` or ``"lora"``.
         replaces_parameter: The Parameter leaves the module; the attribute is generated.
         adds_base: The generation adds the frozen base: the attribute reads ``W0 + ΔW``.
         added_to_output: The update is added to the layer's output; the attribute stays the base.
         low_rank: The ring generates a low-rank factor ``F`` (the update is ``F P``).
+        both_factors: The ring generates ``A`` as well (the update is ``F (P + A)``).
         pooled_update: The update's memory comes from the engine's buffer pool.
     """
 
@@ -47,6 +50,7 @@ class Serving:
     adds_base: bool = False
     added_to_output: bool = False
     low_rank: bool = False
+    both_factors: bool = False
     pooled_update: bool = False
 
     def __str__(self) -> str:
@@ -57,6 +61,7 @@ REPLACE = Serving("replace", replaces_parameter=True)
 MERGED = Serving("merged", adds_base=True)
 ADDITIVE = Serving("additive", added_to_output=True, pooled_update=True)
 LOWRANK = Serving("lowrank", added_to_output=True, low_rank=True)
+LORA = Serving("lora", added_to_output=True, low_rank=True, both_factors=True)
 
 
 @dataclass(frozen=True)
