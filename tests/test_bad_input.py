@@ -67,6 +67,10 @@ FIELD_CASES = {
         ("8", r"rank must be a positive int, 'auto' or None \(full-rank updates\), got '8' \(str\)"),
         (0, r"rank must be a positive int, 'auto' or None \(full-rank updates\), got 0"),
     ),
+    "update": (
+        (8, r"update must be one of 'auto', 'full', 'lowrank', 'lora'; got 8 \(int\)"),
+        ("LoRA", r"update must be one of 'auto', 'full', 'lowrank', 'lora'; got 'LoRA'"),
+    ),
     "gain": (
         ([1.0], r"gain must be one of 'auto', 'kaiming_fan_in', 'kaiming_fan_out' or a positive finite float, got \["),
         (float("inf"), r"gain must be one of .* or a positive finite float, got inf"),

@@ -102,7 +102,7 @@ def test_a_loaded_adapter_must_share_the_layout(tmp_path):
 
 @pytest.mark.parametrize("rank", [None, 4], ids=["full-rank", "low-rank"])
 def test_weighted_adapter_is_the_weighted_sum_of_the_updates(rank):
-    model, _ = _two_adapters(rank=rank)
+    model, _ = _two_adapters(rank=rank, update="full" if rank is None else "lowrank")
     updates = {}
     for name in ("default", "b"):
         model.set_adapter(name)
@@ -120,6 +120,14 @@ def test_weighted_adapter_is_the_weighted_sum_of_the_updates(rank):
         torch.testing.assert_close(update, expected, rtol=1e-4, atol=1e-6)
     with pytest.raises(RPGConfigError, match="same length"):
         model.add_weighted_adapter(["default"], [1.0, 2.0], adapter_name="bad")
+
+
+def test_weighted_adapter_refuses_rpg_lora_updates():
+    model, _ = _two_adapters()  # dof=300: update="auto" is rpg-lora-v1
+    assert set(model.plan.servings()) == {"lora"}
+    with pytest.raises(RPGConfigError, match=r"rpg-lora-v1 updates .* not the weighted sum"):
+        model.add_weighted_adapter(["default", "b"], [0.5, 0.5], adapter_name="mix")
+    assert sorted(model.adapters) == ["b", "default"]  # nothing half-added
 
 
 def test_mixed_adapters_in_one_batch():

@@ -96,7 +96,7 @@ def test_delta_mode_on_a_quantized_llama(backend, tmp_path):
     base = QUANTIZERS[backend](quantizable_llama())
     reference = copy.deepcopy(base)
     batch = ARCHITECTURES["llama"].batch(0)
-    model = apply_rpg(base, RPGConfig(mode="delta", dof=500, target_modules=TARGETS))
+    model = apply_rpg(base, RPGConfig(mode="delta", dof=500, update="full", target_modules=TARGETS))
     assert set(model.plan.servings()) == {"additive"}
     assert torch.equal(_logits(model, batch), _logits(reference, batch))  # the quantized base exactly
     with torch.no_grad():

@@ -28,14 +28,21 @@ PROTOCOL = """\
   end-of-turn token, computed in one teacher-forced pass (equal to decoding; checked by a test).
 - **Recipe** (every method): loss on the answer tokens only; batch 8, 1 epoch (64 steps);
   AdamW (weight decay 0), 10% linear warmup then linear decay, gradient clipping 1.0; float32.
-- **Confirmation**: hf_rpg's defaults were chosen on the MiniLM and ViT tasks' validation
-  (`benchmarks/results/quality.md`); these tasks played no part in choosing them (TREC shares
+- **Development and confirmation**: hf_rpg's full-rank defaults (`rpg-full` here; the defaults
+  above 2,048 ring entries) were chosen on the MiniLM and ViT tasks' validation
+  (`benchmarks/results/quality.md`), and these tasks played no part in choosing them (TREC shares
   nothing with those tasks; `sentiment` uses rt-polarity's sentences, as the MiniLM task does).
+  The defaults up to 2,048 ring entries, `rpg-lora-v1` (`RPGConfig(update="auto")`), were chosen
+  on these two tasks' validation at 1,000 (as the candidate `cand-rpg-lora`) and are confirmed on
+  the MiniLM task, which played no part in that choice.
 - **Budgets**: about 1k, 10k and 100k trainable numbers; LoRA also at r=1 (57,600, the goals'
   reference). PEFT's methods on `q_proj` and `v_proj`; hf_rpg's defaults also on q/v.
+  `rpg` is hf_rpg's defaults: `rpg-lora-v1` at rank 8 at 1k, a full-rank update at 10k and
+  above; each run's config records the update kind that ran.
 - **Candidates** (`cand-*`, `benchmarks/llm_quality/candidates.py`): structures measured before
   any becomes an update kind of hf_rpg; `cand-rpg-lora` generates both factors of a rank-8
-  LoRA-shaped update from the ring (`ΔW = F (P + A)`, zero at start).
+  LoRA-shaped update from the ring (`ΔW = F (P + A)`, zero at start): it became `rpg-lora-v1`
+  (the same formula; the library's ring permutation is keyed by the ring's name).
 - **Learning rates**: each (method, budget)'s grid (3 values ~3x apart) with seed 0, widened one
   step at a time (up to 3) while the best validation accuracy sits at an edge; seeds 1 and 2 at
   the pick. Tables: test accuracy mean ± standard deviation over the seeds at the pick.

@@ -11,8 +11,9 @@ their ring values and in the parameters they train besides the rings (task heads
   optimizer, FSDP or a ``torch.compile``'d model keeps working without recompiling
   (hot-swapping);
 - the update is linear in the ring (``ΔW = gain · G(ring)``, and ``F P`` with ``F``
-  linear in the ring for low-rank targets), so a weighted combination of adapters is the
-  adapter whose ring is the weighted sum of their rings: exactly ``Σ wᵢ ΔWᵢ``;
+  linear in the ring for ``rpg-lowrank-v1`` targets), so a weighted combination of adapters is
+  the adapter whose ring is the weighted sum of their rings: exactly ``Σ wᵢ ΔWᵢ``
+  (``rpg-lora-v1``'s ``F (P + A)`` is not linear in the ring: refused there);
 - a mixed batch (``adapter_names=`` per sample) runs each adapter's samples as one
   sub-batch and puts the outputs back in order.
 """
@@ -187,8 +188,15 @@ def delete_adapter(model: RPGModel, adapter_name: str) -> None:
 def add_weighted_adapter(model: RPGModel, adapters: Sequence[str], weights: Sequence[float], adapter_name: str) -> None:
     """A new adapter whose update is ``Σ wᵢ ΔWᵢ`` exactly: its ring is the weighted sum of the
     rings (the update is linear in the ring). Its trained parameters (heads) are those of
-    ``adapters[0]``."""
+    ``adapters[0]``. Refused for ``rpg-lora-v1`` targets, whose update is not linear in the ring."""
     _check_delta(model, "add_weighted_adapter")
+    if any(target.serving.both_factors for target in model.plan.targets):
+        raise RPGConfigError(
+            "add_weighted_adapter(): this model's rpg-lora-v1 updates (update='lora', the default up to 2,048 ring "
+            "entries) are products of two factors read from the ring, ΔW = F (P + A): a weighted sum of rings is "
+            "not the weighted sum of their updates. Combine adapters built with update='full' or 'lowrank' "
+            "(linear in the ring)"
+        )
     names, weights = list(adapters), list(weights)
     if not names or len(names) != len(weights):
         raise RPGConfigError(
