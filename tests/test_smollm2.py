@@ -61,13 +61,16 @@ def test_a_missing_local_path_is_named_not_sent_to_the_hub(tmp_path):
         smollm2_source(tmp_path / "nowhere")
 
 
-def test_delta_defaults_train_save_and_reload_on_smollm2(smollm2, tmp_path):
+@pytest.mark.parametrize(("dof", "serving"), [(10_000, "merged"), (1_000, "lora")], ids=["full-rank", "rpg-lora-v1"])
+def test_delta_defaults_train_save_and_reload_on_smollm2(smollm2, tmp_path, dof, serving):
+    """The defaults at both sides of ``AUTO_LORA_MAX_DOF``: full rank at 10,000, rpg-lora-v1 at 1,000."""
     base, tokenizer = smollm2
     reference = _greedy(base, tokenizer, QUESTIONS)
     assert "Paris" in tokenizer.decode(reference[0])
 
-    model = apply_rpg(copy.deepcopy(base), RPGConfig(mode="delta", dof=10_000, seed=0))
-    assert model.dof_report().ring_dof == 10_000
+    model = apply_rpg(copy.deepcopy(base), RPGConfig(mode="delta", dof=dof, seed=0))
+    assert model.dof_report().ring_dof == dof
+    assert set(model.plan.servings()) == {serving}
     # Ring at zero: exactly the base model's tokens.
     assert _greedy(model, tokenizer, QUESTIONS) == reference
 
