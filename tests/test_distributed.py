@@ -48,7 +48,7 @@ FSDP_SCRIPT = Path(__file__).resolve().parent / "scripts" / "fsdp2_train.py"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["delta", "replace"])
+@pytest.mark.parametrize("mode", ["delta", "delta-lora", "replace"])
 def test_fsdp2_trains_to_the_one_process_ring_with_the_base_sharded(tmp_path, mode):
     from architectures import build
 
@@ -66,10 +66,12 @@ def test_fsdp2_trains_to_the_one_process_ring_with_the_base_sharded(tmp_path, mo
     assert not torch.equal(single, torch.zeros_like(single))
     torch.testing.assert_close(rings[0], single, rtol=1e-5, atol=1e-7)
     shards = [json.loads((tmp_path / "n2" / f"shards-rank{r}.json").read_text()) for r in (0, 1)]
-    if mode == "delta":  # the frozen base is sharded: each rank holds about half of it
+    if mode.startswith("delta"):  # the frozen base is sharded: each rank holds about half of it
         assert shards[0]["total"] > 0
         for shard in shards:
             assert abs(shard["held"] / shard["total"] - 0.5) < 0.05, shard
     # one compact checkpoint written under FSDP2, loaded without it
     loaded = RPGModel.from_pretrained(tmp_path / "n2" / "checkpoint")
     assert torch.equal(loaded.rpg_rings["default"], rings[0])
+    if mode == "delta-lora":
+        assert set(loaded.plan.servings()) == {"lora"}

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--base", type=Path, required=True)
-    parser.add_argument("--mode", choices=["replace", "delta"], required=True)
+    parser.add_argument("--mode", choices=["replace", "delta", "delta-lora"], required=True)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     if world > 1:
         dist.init_process_group("gloo")
     base = AutoModelForCausalLM.from_pretrained(args.base)
-    model = apply_rpg(base, RPGConfig(mode=args.mode, dof=0.3, seed=5))
+    if args.mode == "delta-lora":  # the default kind at small budgets: rpg-lora-v1
+        config = RPGConfig(mode="delta", dof=500, seed=5)
+    else:
+        config = RPGConfig(mode=args.mode, dof=0.3, seed=5)
+    model = apply_rpg(base, config)
     if world > 1:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
