@@ -2,7 +2,8 @@
 
 Pinned by golden vectors; the update is exactly zero at a zero ring, both factors train,
 it saves and reloads bit-exactly, merges into the same outputs, and is what ``update="auto"``
-picks at small budgets (and only there).
+picks at small budgets (and only there). The paths it shares with ``rpg-lowrank-v1`` (GPT-2's
+``Conv1D``, quantized bases, nothing kept between steps) are tested for both in ``test_lowrank.py``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import math
 
 import pytest
 import torch
-from architectures import ARCHITECTURES
-from conftest import _text_cls_batch, make_bert_cls, make_gpt2, model_outputs, train_steps
+from conftest import _text_cls_batch, make_bert_cls, model_outputs, train_steps
 from torch import nn
 
 from hf_rpg import RPGConfig, RPGModel, apply_rpg
@@ -117,49 +117,6 @@ def test_lora_is_the_base_at_zero_trains_both_factors_and_round_trips(tmp_path):
     assert torch.equal(model_outputs(loaded, batch), expected)
     merged = model.merge_and_unload()
     torch.testing.assert_close(model_outputs(merged, batch), expected, rtol=0, atol=1e-5)
-
-
-def test_lora_keeps_nothing_between_steps():
-    model, _ = _lora_bert()
-    train_steps(model, _text_cls_batch(0), steps=2)
-    stats = model.runtime_stats()
-    assert stats.index_cache_bytes == 0 and stats.pooled_bytes == 0 and stats.live_weights == 0
-
-
-def test_lora_on_gpt2_conv1d_merges_in_its_layout():
-    torch.manual_seed(0)
-    base = make_gpt2()
-    reference = copy.deepcopy(base)
-    model = apply_rpg(base, RPGConfig(mode="delta", dof=400, update="lora", rank=2, target_modules=["c_attn", "c_fc"]))
-    assert {t.kind for t in model.layout.targets} == {"conv1d_transposed"}
-    ids = torch.randint(0, reference.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids, "labels": ids}
-    assert torch.equal(model_outputs(model, batch), model_outputs(reference, batch))
-    train_steps(model, batch, steps=3)
-    expected = model_outputs(model, batch)
-    merged = model.merge_and_unload()
-    torch.testing.assert_close(model_outputs(merged, batch), expected, rtol=0, atol=1e-5)
-
-
-def test_lora_on_a_quantized_base():
-    pytest.importorskip("bitsandbytes", reason="bitsandbytes is a dev dependency")
-    from test_quantized import MERGE_TOLERANCE, QUANTIZERS, quantizable_llama
-
-    base = QUANTIZERS["bnb_nf4"](quantizable_llama())
-    reference = copy.deepcopy(base)
-    batch = ARCHITECTURES["llama"].batch(0)
-    config = RPGConfig(mode="delta", dof=100, update="lora", rank=2, target_modules=["q_proj", "v_proj"])
-    model = apply_rpg(base, config)
-    assert set(model.plan.servings()) == {"lora"}
-    with torch.no_grad():
-        assert torch.equal(model(**batch).logits, reference(**batch).logits)
-    losses = train_steps(model, batch, steps=4)
-    assert losses[-1] < losses[0], losses
-    model.eval()
-    expected = model_outputs(model, batch)
-    merged = model.merge_and_unload()
-    assert type(merged.model.layers[0].self_attn.q_proj) is nn.Linear
-    torch.testing.assert_close(model_outputs(merged, batch), expected, **MERGE_TOLERANCE)
 
 
 @pytest.mark.parametrize(

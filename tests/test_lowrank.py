@@ -1,4 +1,5 @@
-"""``rpg-lowrank-v1``: delta updates ``F P`` with the factor ``F`` generated from the ring.
+"""``rpg-lowrank-v1``: delta updates ``F P`` with the factor ``F`` generated from the ring
+(and, where the path is shared, ``rpg-lora-v1``'s ``F (P + A)``: ``tests/test_lora_update.py``).
 
 The projection is pinned by golden vectors; the update is exactly zero at a zero ring,
 trains, saves and reloads bit-exactly, merges into the same outputs, and keeps nothing
@@ -109,18 +110,21 @@ def test_lowrank_update_is_the_factor_times_the_projection():
     torch.testing.assert_close(dict(model.generated_weights())[entry.name], expected, rtol=0, atol=0)
 
 
-def test_lowrank_keeps_nothing_between_steps():
-    model, _ = _lowrank_bert()
+@pytest.mark.parametrize("update", ["lowrank", "lora"])
+def test_lowrank_keeps_nothing_between_steps(update):
+    model, _ = _lowrank_bert(update=update)
     train_steps(model, _text_cls_batch(0), steps=2)
     stats = model.runtime_stats()
     assert stats.index_cache_bytes == 0 and stats.pooled_bytes == 0 and stats.live_weights == 0
 
 
-def test_lowrank_on_gpt2_conv1d_merges_in_its_layout():
+@pytest.mark.parametrize("update", ["lowrank", "lora"])
+def test_lowrank_on_gpt2_conv1d_merges_in_its_layout(update):
     torch.manual_seed(0)
     base = make_gpt2()
     reference = copy.deepcopy(base)
-    model = apply_rpg(base, RPGConfig(mode="delta", dof=400, rank=2, target_modules=["c_attn", "c_fc"]))
+    config = RPGConfig(mode="delta", dof=400, rank=2, update=update, target_modules=["c_attn", "c_fc"])
+    model = apply_rpg(base, config)
     assert {t.kind for t in model.layout.targets} == {"conv1d_transposed"}
     ids = torch.randint(0, reference.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "labels": ids}
@@ -140,15 +144,17 @@ def test_rank_leaves_non_linear_targets_full_rank():
     assert ranks == {"word_embeddings": None, "query": 2}
 
 
-def test_lowrank_on_a_quantized_base():
+@pytest.mark.parametrize("update", ["lowrank", "lora"])
+def test_lowrank_on_a_quantized_base(update):
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is a dev dependency")
     from test_quantized import MERGE_TOLERANCE, QUANTIZERS, quantizable_llama
 
     base = QUANTIZERS["bnb_nf4"](quantizable_llama())
     reference = copy.deepcopy(base)
     batch = ARCHITECTURES["llama"].batch(0)
-    model = apply_rpg(base, RPGConfig(mode="delta", dof=100, rank=2, target_modules=["q_proj", "v_proj"]))
-    assert set(model.plan.servings()) == {"lowrank"}
+    config = RPGConfig(mode="delta", dof=100, rank=2, update=update, target_modules=["q_proj", "v_proj"])
+    model = apply_rpg(base, config)
+    assert set(model.plan.servings()) == {update}
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, reference(**batch).logits)
     losses = train_steps(model, batch, steps=4)
