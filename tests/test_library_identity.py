@@ -56,3 +56,27 @@ def test_probe_cases_are_valid_configs(case):
     from hf_rpg import RPGConfig
 
     RPGConfig(dof=10, **ident.PROBE_CASES[case])
+
+
+def test_a_later_update_kind_keys_its_own_runs_only():
+    lora = {**_rec(config={"dof": 1000, "update": "lora"}), "hf_rpg_numerics": "d0"}
+    full = {**_rec(config={"dof": 1000, "update": "full"}), "hf_rpg_numerics": "d0"}
+    assert ident.library_identity({**lora, "hf_rpg_numerics_lora": "k1"}) == "d0+lora:k1"
+    assert run_key({**lora, "hf_rpg_numerics_lora": "k1"}) != run_key({**lora, "hf_rpg_numerics_lora": "k2"})
+    # another kind's digest changes nothing for a full-rank run
+    assert run_key({**full, "hf_rpg_numerics_lora": "k1"}) == run_key({**full, "hf_rpg_numerics_lora": "k2"})
+    assert set(ident.kind_digests()) == {f"hf_rpg_numerics_{kind}" for kind in ident.KIND_PROBE_CASES}
+
+
+def test_records_from_before_update_read_as_the_kind_their_library_ran():
+    from benchmarks.rpg_update import normalise_record, with_update
+
+    old_1k = normalise_record(_rec(), is_rpg=True)  # full rank was the default at 1k then
+    assert old_1k["method"] == "rpg-full" and old_1k["config"] == {"dof": 1000, "update": "full"}
+    old_10k = normalise_record({**_rec(), "budget": 10000, "config": {"dof": 10000}}, is_rpg=True)
+    assert old_10k["method"] == "rpg" and old_10k["config"] == with_update({"dof": 10000}, 10000)
+    lowrank = normalise_record({**_rec(), "method": "rpg-lowrank", "config": {"dof": 1000, "rank": "auto"}}, True)
+    assert lowrank["config"]["update"] == "lowrank"
+    assert with_update({"dof": 1000}, 1000) == {"dof": 1000, "update": "lora"}
+    peer = {**_rec(), "method": "unilora"}
+    assert normalise_record(peer, is_rpg=False) is peer
